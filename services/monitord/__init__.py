@@ -1,0 +1,1 @@
+"""monitord: the OCI runtime through conmon: lifecycle, exits, OOM, logs, exec, stats."""

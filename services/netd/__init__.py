@@ -1,0 +1,1 @@
+"""netd: pod network namespaces and CNI plugins."""

@@ -1,0 +1,235 @@
+"""The one typed configuration of criplex, shared by every service.
+
+Sources, later ones overriding earlier ones key by key:
+built-in defaults, /etc/criplex/criplex.toml, /etc/criplex/criplex.d/*.toml in
+lexical order, then a file given with --config. Every file is checked on its own
+so an error names the file, the key and what was expected; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import toml
+
+from shared.errors import ConfigError
+from shared.typed import ShapeError, from_plain, to_plain
+
+DEFAULT_FILE = Path("/etc/criplex/criplex.toml")
+DEFAULT_DROPIN_DIR = Path("/etc/criplex/criplex.d")
+SERVICES = ("gateway", "imaged", "storaged", "netd", "monitord")
+DAEMONS = ("imaged", "storaged", "netd", "monitord")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check(ok: bool, key: str, expected: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"{key}: expected {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    run_dir: str = "/run/criplex"
+    state_dir: str = "/var/lib/criplex"
+    log_dir: str = "/var/log/criplex"
+
+    def __post_init__(self) -> None:
+        for key in ("run_dir", "state_dir", "log_dir"):
+            value = getattr(self, key)
+            _check(value.startswith("/"), f"paths.{key}", "an absolute path", value)
+        # AF_UNIX paths are limited to 107 bytes; leave room for "ipc/monitord.events.sock".
+        _check(len(self.run_dir) <= 70, "paths.run_dir", "a path of at most 70 bytes", self.run_dir)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    socket: str = ""  # empty: <run_dir>/criplex.sock
+    socket_mode: str = "0660"
+    default_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check(self.socket == "" or self.socket.startswith("/"), "gateway.socket", "an absolute path",
+               self.socket)
+        _check(len(self.socket_mode) in (3, 4) and all(c in "01234567" for c in self.socket_mode),
+               "gateway.socket_mode", "an octal mode string like \"0660\"", self.socket_mode)
+        _check(self.default_timeout > 0, "gateway.default_timeout", "seconds > 0", self.default_timeout)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    workers: int = 64
+    max_message_bytes: int = 16 * 1024 * 1024
+    reconnect_min_ms: int = 10
+    reconnect_max_ms: int = 250
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.workers <= 4096, "transport.workers", "an integer from 1 to 4096", self.workers)
+        _check(self.max_message_bytes >= 65536, "transport.max_message_bytes", "at least 65536",
+               self.max_message_bytes)
+        _check(0 < self.reconnect_min_ms <= self.reconnect_max_ms, "transport.reconnect_min_ms",
+               "0 < reconnect_min_ms <= reconnect_max_ms", self.reconnect_min_ms)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    endpoint: str = ""  # OTLP/gRPC collector, e.g. "http://127.0.0.1:4317"; empty = off
+    sample_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.sample_rate <= 1.0, "tracing.sample_rate", "a number from 0 to 1",
+               self.sample_rate)
+        _check(self.endpoint == "" or "://" in self.endpoint, "tracing.endpoint",
+               "a URL like http://127.0.0.1:4317", self.endpoint)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check(self.level in LOG_LEVELS, "log.level", f"one of {', '.join(LOG_LEVELS)}", self.level)
+
+
+@dataclass(frozen=True)
+class ImagedConfig:
+    registries_conf: str = "/etc/containers/registries.conf"
+    registries_conf_d: str = "/etc/containers/registries.conf.d"
+    policy: str = "/etc/containers/policy.json"
+    auth_file: str = "/etc/criplex/auth.json"
+    certs_dir: str = "/etc/containers/certs.d"
+    platform: str = "linux/amd64"
+    max_concurrent_downloads: int = 3
+    pull_timeout: float = 600.0
+    retries: int = 3
+    pause_image: str = "registry.k8s.io/pause:3.9"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_concurrent_downloads <= 64, "imaged.max_concurrent_downloads",
+               "an integer from 1 to 64", self.max_concurrent_downloads)
+        _check(self.platform.count("/") in (1, 2), "imaged.platform", "os/arch[/variant]", self.platform)
+        _check(self.pull_timeout > 0, "imaged.pull_timeout", "seconds > 0", self.pull_timeout)
+        _check(0 <= self.retries <= 10, "imaged.retries", "an integer from 0 to 10", self.retries)
+
+
+@dataclass(frozen=True)
+class StoragedConfig:
+    root: str = ""  # empty: <state_dir>/storaged
+
+
+@dataclass(frozen=True)
+class NetdConfig:
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
+
+
+@dataclass(frozen=True)
+class RuntimeHandler:
+    path: str = "/usr/sbin/runc"
+    root: str = ""  # empty: <run_dir>/runtimes/<handler>
+
+
+@dataclass(frozen=True)
+class MonitordConfig:
+    conmon: str = "/usr/bin/conmon"
+    default_runtime: str = "runc"
+    runtimes: dict[str, RuntimeHandler] = field(default_factory=lambda: {"runc": RuntimeHandler()})
+
+    def __post_init__(self) -> None:
+        _check(self.default_runtime in self.runtimes, "monitord.default_runtime",
+               f"a handler of monitord.runtimes ({', '.join(self.runtimes)})", self.default_runtime)
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    imaged: ImagedConfig = field(default_factory=ImagedConfig)
+    storaged: StoragedConfig = field(default_factory=StoragedConfig)
+    netd: NetdConfig = field(default_factory=NetdConfig)
+    monitord: MonitordConfig = field(default_factory=MonitordConfig)
+
+    @property
+    def ipc_dir(self) -> Path:
+        return Path(self.paths.run_dir) / "ipc"
+
+    def ipc_address(self, service: str) -> str:
+        return f"ipc://{self.ipc_dir / service}.sock"
+
+    def events_address(self, service: str) -> str:
+        return f"ipc://{self.ipc_dir / service}.events.sock"
+
+    @property
+    def cri_socket(self) -> Path:
+        return Path(self.gateway.socket or os.path.join(self.paths.run_dir, "criplex.sock"))
+
+    def state_dir(self, service: str) -> Path:
+        if service == "storaged" and self.storaged.root:
+            return Path(self.storaged.root)
+        return Path(self.paths.state_dir) / service
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return Path(self.paths.run_dir) / "supervisord.sock"
+
+    def to_toml(self) -> str:
+        return toml.dumps(to_plain(self))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "runtimes":
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, dict) and key == "runtimes" and isinstance(out.get(key), dict):
+            # Handlers merge by name, each handler replaced whole.
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _read_layer(path: Path) -> dict[str, Any]:
+    try:
+        data = toml.loads(path.read_text())
+    except toml.TomlDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    _validate(data, str(path))
+    return data
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return from_plain(Config, data)
+    except ShapeError as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.problem}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_sources(extra: str | None = None, etc_file: Path = DEFAULT_FILE,
+                   dropin_dir: Path = DEFAULT_DROPIN_DIR) -> list[Path]:
+    sources = [etc_file] if etc_file.is_file() else []
+    if dropin_dir.is_dir():
+        sources += sorted(p for p in dropin_dir.iterdir() if p.suffix == ".toml" and p.is_file())
+    if extra:
+        path = Path(extra)
+        if not path.is_file():
+            raise ConfigError(f"{path}: --config file does not exist")
+        sources.append(path)
+    return sources
+
+
+def load_config(extra: str | None = None, etc_file: Path = DEFAULT_FILE,
+                dropin_dir: Path = DEFAULT_DROPIN_DIR) -> Config:
+    merged: dict[str, Any] = {}
+    for path in config_sources(extra, etc_file, dropin_dir):
+        merged = _deep_merge(merged, _read_layer(path))
+    return _validate(merged, "effective configuration")

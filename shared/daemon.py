@@ -1,0 +1,126 @@
+"""The process shell every criplex daemon shares: config, logging, tracing, serving, signals.
+
+A daemon provides a `Service`: it registers its methods, runs its background work
+for as long as the process lives (inside the daemon's task group, so SIGTERM
+cancels it), and reports its own health.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.config import Config, load_config
+from shared.errors import ConfigError
+from shared.schema.common import HEALTH, STARTED_TOPIC, Health, HealthRequest, Started
+from shared.tracing import Tracing
+from shared.transport import DaemonServer, EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DaemonContext:
+    service: str
+    config: Config
+    tracing: Tracing
+    events: EventPublisher
+    state_dir: Path
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str = ""
+    message: str = ""
+    info: dict[str, str] | None = None
+
+
+class Service(Protocol):
+    def register(self, server: DaemonServer) -> None: ...
+
+    async def run(self) -> None:
+        """Background work; returns when the service has none, is cancelled at shutdown."""
+
+    def readiness(self) -> Readiness: ...
+
+
+def setup_logging(service: str, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s {service}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def parse_config(argv: list[str] | None, prog: str) -> Config:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--config", default=os.environ.get("CRIPLEX_CONFIG") or None,
+                        help="extra TOML file applied after /etc/criplex (env CRIPLEX_CONFIG)")
+    args = parser.parse_args(argv)
+    return load_config(args.config)
+
+
+def main(service: str, factory: Callable[[DaemonContext], Service], argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv, f"criplex-{service}")
+    except ConfigError as exc:
+        print(f"criplex-{service}: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(service, config.log.level)
+    try:
+        asyncio.run(_run(service, config, factory))
+    except ConfigError as exc:
+        print(f"criplex-{service}: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _run(service: str, config: Config, factory: Callable[[DaemonContext], Service]) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main_task.cancel)
+    tracing = Tracing(service, config.tracing)
+    state_dir = config.state_dir(service)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    events = EventPublisher(service, config)
+    ctx = DaemonContext(service, config, tracing, events, state_dir, time.time())
+    svc = factory(ctx)
+    server = DaemonServer(service, config, tracing)
+    svc.register(server)
+
+    async def health(_: HealthRequest) -> Health:
+        r = svc.readiness()
+        return Health(service, os.getpid(), ctx.started_at, r.ready, r.reason, r.message, r.info or {})
+
+    server.register(HEALTH, health)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(server.serve())
+            group.create_task(svc.run())
+            group.create_task(_announce(ctx))
+    except asyncio.CancelledError:
+        log.info("%s stopping", service)
+    finally:
+        events.close()
+        tracing.shutdown()
+
+
+async def _announce(ctx: DaemonContext) -> None:
+    # Subscribers dial asynchronously; repeat the announcement briefly so one that
+    # reconnects a moment after we start still hears it.
+    for delay in (0.0, 0.2, 1.0):
+        await asyncio.sleep(delay)
+        ctx.events.publish(STARTED_TOPIC, Started(ctx.service, os.getpid(), ctx.started_at))
