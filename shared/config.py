@@ -201,7 +201,6 @@ def _read_layer(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    _validate(data, str(path))
     return data
 
 
@@ -229,7 +228,11 @@ def config_sources(extra: str | None = None, etc_file: Path = DEFAULT_FILE,
 
 def load_config(extra: str | None = None, etc_file: Path = DEFAULT_FILE,
                 dropin_dir: Path = DEFAULT_DROPIN_DIR) -> Config:
-    merged: dict[str, Any] = {}
+    # Each file is checked on top of what came before it, so an error names that file
+    # while checks that span keys (like default_runtime) still see the defaults.
+    merged: dict[str, Any] = to_plain(Config())
+    config = Config()
     for path in config_sources(extra, etc_file, dropin_dir):
         merged = _deep_merge(merged, _read_layer(path))
-    return _validate(merged, "effective configuration")
+        config = _validate(merged, str(path))
+    return config

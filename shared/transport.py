@@ -1,27 +1,31 @@
 """nng transport between the gateway and the daemons.
 
-Request/reply: the daemon listens with a REP socket served by `workers` nng
-contexts, so that many calls run at once; the gateway dials with one REQ socket
-per daemon and opens a context per call.
+Request/reply uses nng's REQ/REP protocols in *raw* mode, driven from the asyncio
+event loop through the sockets' pollable descriptors (NNG_OPT_RECVFD/SENDFD) with
+non-blocking sends and receives. Why:
+- Cooked REQ resends an outstanding request when its pipe goes away, so a
+  CreateContainer could run twice on a restarted daemon. Raw REQ never resends:
+  when the pipe to a daemon is removed, the client fails every call in flight at
+  once with UNAVAILABLE, and a daemon never sees a request twice.
+- pynng's asyncio adapter completes every operation through a Python callback on
+  an nng thread; the GIL hand-offs that causes cost hundreds of microseconds per
+  call. Polling descriptors keeps every Python line on the loop thread.
+- Raw REP lets one socket hold any number of requests at once; each runs as its
+  own task (bounded by `transport.workers`) and replies carry the request's
+  backtrace header, so answers may leave in any order.
 
-Two nng behaviours shape this module:
-- REQ resends an outstanding request when its pipe goes away, so a request could
-  run twice. Timed resends are off (`resend_time` is a day), every request
-  carries a random id that the server de-duplicates, and when a pipe is removed
-  the client fails its calls at once with UNAVAILABLE and closes their contexts,
-  which withdraws the request before a restarted daemon could receive it again.
-- nng is not fork-safe: daemons only start children with fork+exec
-  (asyncio subprocesses), never a bare fork.
+nng is not fork-safe: daemons start children only with fork+exec (asyncio
+subprocesses), never a bare fork. Every socket sets a maximum message size.
 
-Pub/sub: a daemon publishes events on its own PUB socket; subscribers dial and
-are told when their pipe (re)connects, so they can resynchronise the state they
-may have missed while either side was down.
+Pub/sub: a daemon publishes on its own PUB socket; subscribers dial, and are told
+each time their pipe (re)connects so they can resynchronise what they missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import stat
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pynng
+from pynng._nng import ffi, lib
 
 from shared.config import Config
 from shared.errors import CriplexError, DeadlineExceeded, Internal, Unavailable, Unimplemented
@@ -53,11 +58,11 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any], Awaitable[Any]]
 
-_NO_RESEND_MS = 24 * 3600 * 1000
-# How long a call waits for a pipe that is not there yet: one reconnect interval,
-# so a daemon that just came back is reached, and a dead one fails fast.
+# How long a call waits for a pipe that is not there yet: about one reconnect
+# interval, so a daemon that just came back is reached and a dead one fails fast.
 _CONNECT_GRACE_S = 0.3
-_DEDUP_ENTRIES = 4096
+# Messages nng may queue per socket.
+_QUEUE_DEPTH = 1024
 
 
 def prepare_ipc_dir(config: Config) -> None:
@@ -70,8 +75,102 @@ def prepare_ipc_dir(config: Config) -> None:
         raise Internal(f"{path} must be owned by uid {os.getuid()} with mode 0700")
 
 
-def _address_path(address: str) -> Path:
-    return Path(address.removeprefix("ipc://"))
+def _listen(sock: pynng.Socket, address: str) -> None:
+    # A socket file left by a killed daemon would make the listen fail.
+    Path(address.removeprefix("ipc://")).unlink(missing_ok=True)
+    sock.listen(address)
+
+
+class _LoopSocket:
+    """A raw nng socket driven from the event loop thread.
+
+    Receives poll the socket's RECVFD and drain with non-blocking nng_recvmsg.
+    Sends are submitted as nng aios without a callback and reaped later: a
+    synchronous send waits for nng's own threads (≈100 µs), and a callback would
+    run Python on an nng thread.
+    """
+
+    _REAP_INTERVAL_S = 0.5
+
+    def __init__(self, sock: pynng.Socket, on_message: Callable[[bytes, bytes], None]) -> None:
+        self._sock = sock
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._recv_fd = sock.recv_fd
+        self._sending: collections.deque[Any] = collections.deque()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._loop.add_reader(self._recv_fd, self._readable)
+
+    def pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._loop.remove_reader(self._recv_fd)
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._loop.add_reader(self._recv_fd, self._readable)
+            self._loop.call_soon(self._readable)
+
+    def _readable(self) -> None:
+        msg_p = ffi.new("nng_msg **")
+        while not self._paused:
+            rv = lib.nng_recvmsg(self._sock.socket, msg_p, lib.NNG_FLAG_NONBLOCK)
+            if rv == lib.NNG_EAGAIN:
+                return
+            if rv != 0:
+                self._loop.remove_reader(self._recv_fd)
+                return
+            msg = msg_p[0]
+            header = bytes(ffi.buffer(lib.nng_msg_header(msg), lib.nng_msg_header_len(msg)))
+            body = bytes(ffi.buffer(lib.nng_msg_body(msg), lib.nng_msg_len(msg)))
+            lib.nng_msg_free(msg)
+            self._on_message(header, body)
+
+    def send(self, header: bytes, body: bytes) -> None:
+        msg_p = ffi.new("nng_msg **")
+        aio_p = ffi.new("nng_aio **")
+        if lib.nng_msg_alloc(msg_p, 0) != 0 or lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL) != 0:
+            raise Internal("nng: out of memory")
+        msg, aio = msg_p[0], aio_p[0]
+        lib.nng_msg_header_append(msg, header, len(header))
+        lib.nng_msg_append(msg, body, len(body))
+        lib.nng_aio_set_msg(aio, msg)
+        lib.nng_send_aio(self._sock.socket, aio)
+        self._sending.append(aio)
+        self._reap()
+
+    def cancel_sends(self) -> None:
+        """Withdraw messages nng has not delivered yet (their peer is gone)."""
+        for aio in self._sending:
+            lib.nng_aio_cancel(aio)
+        self._reap()
+
+    def _reap(self) -> None:
+        self._reaper = None
+        while self._sending and not lib.nng_aio_busy(self._sending[0]):
+            aio = self._sending.popleft()
+            if lib.nng_aio_result(aio) != 0:
+                # Not delivered: nng leaves the message with us.
+                msg = lib.nng_aio_get_msg(aio)
+                if msg != ffi.NULL:
+                    lib.nng_msg_free(msg)
+            lib.nng_aio_free(aio)
+        if self._sending and self._reaper is None:
+            self._reaper = self._loop.call_later(self._REAP_INTERVAL_S, self._reap)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._recv_fd)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for aio in self._sending:
+            lib.nng_aio_stop(aio)  # cancels and waits: the aio is idle after this
+            msg = lib.nng_aio_get_msg(aio) if lib.nng_aio_result(aio) != 0 else ffi.NULL
+            if msg != ffi.NULL:
+                lib.nng_msg_free(msg)
+            lib.nng_aio_free(aio)
+        self._sending.clear()
 
 
 class _PipeWatch:
@@ -80,14 +179,19 @@ class _PipeWatch:
     nng calls pipe callbacks on its own threads; everything here hops onto the loop.
     """
 
-    def __init__(self, sock: pynng.Socket, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: pynng.Socket) -> None:
         self.count = 0
         self.connected = asyncio.Event()
         self.on_connect: list[Callable[[], None]] = []
         self.on_remove: list[Callable[[], None]] = []
-        self._loop = loop
-        sock.add_post_pipe_connect_cb(lambda _pipe: loop.call_soon_threadsafe(self._added))
-        sock.add_post_pipe_remove_cb(lambda _pipe: loop.call_soon_threadsafe(self._removed))
+        loop = asyncio.get_running_loop()
+        sock.add_post_pipe_connect_cb(lambda _pipe: self._hop(loop, self._added))
+        sock.add_post_pipe_remove_cb(lambda _pipe: self._hop(loop, self._removed))
+
+    @staticmethod
+    def _hop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(fn)
 
     def _added(self) -> None:
         self.count += 1
@@ -110,16 +214,20 @@ class DaemonClient:
         self.service = service
         self._tracing = tracing
         self._default_timeout = config.gateway.default_timeout
-        self._sock = pynng.Req0(
-            resend_time=_NO_RESEND_MS,
+        self._sock = pynng.Socket(
+            opener=lib.nng_req0_open_raw,
             recv_max_size=config.transport.max_message_bytes,
+            send_buffer_size=_QUEUE_DEPTH,
+            recv_buffer_size=_QUEUE_DEPTH,
             reconnect_time_min=config.transport.reconnect_min_ms,
             reconnect_time_max=config.transport.reconnect_max_ms,
         )
-        self._pipes = _PipeWatch(self._sock, asyncio.get_running_loop())
-        self._pipes.on_remove.append(self._fail_calls)
-        self._calls: set[asyncio.Task[Any]] = set()
-        self._lost: set[asyncio.Task[Any]] = set()
+        self._pipes = _PipeWatch(self._sock)
+        self._pipes.on_remove.append(self._fail_pending)
+        self._io = _LoopSocket(self._sock, self._on_reply)
+        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        # REQ request ids have the high bit set (nng's wire format for REQ/REP).
+        self._ids = (0x80000000 | (n & 0x7FFFFFFF) for n in itertools.count(int.from_bytes(os.urandom(3))))
         self._sock.dial(config.ipc_address(service), block=False)
 
     @property
@@ -129,64 +237,60 @@ class DaemonClient:
     def on_connect(self, callback: Callable[[], None]) -> None:
         self._pipes.on_connect.append(callback)
 
-    def _fail_calls(self) -> None:
-        for task in self._calls:
-            self._lost.add(task)
-            task.cancel()
+    def _on_reply(self, header: bytes, body: bytes) -> None:
+        future = self._pending.get(header[-4:])
+        if future is not None and not future.done():
+            future.set_result(body)
+
+    def _fail_pending(self) -> None:
+        # Our only pipe went away with every request in flight: they will never be
+        # answered, and raw REQ will not resend them to a restarted daemon.
+        if self.connected:
+            return
+        self._io.cancel_sends()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"{self.service} went away during the call"))
 
     async def call(self, method: Method[Req, Resp], args: Req, timeout: float | None = None) -> Resp:
         """Call `method` on the daemon; raise its typed error, Unavailable or DeadlineExceeded."""
         timeout = self._default_timeout if timeout is None else timeout
-        deadline = time.time() + timeout
-        task = asyncio.current_task()
-        assert task is not None
         with self._tracing.client_span(f"{self.service}/{method.name}"):
             if not self.connected:
                 try:
                     await asyncio.wait_for(self._pipes.connected.wait(), min(timeout, _CONNECT_GRACE_S))
                 except TimeoutError:
                     raise Unavailable(f"{self.service} is not running (no connection)") from None
-            request_id = os.urandom(16)
-            payload = encode_request(request_id, method, deadline, self._tracing.traceparent(), args)
-            ctx = self._sock.new_context()
-            self._calls.add(task)
+            request_id = next(self._ids).to_bytes(4, "big")
+            payload = encode_request(method, time.time() + timeout, self._tracing.traceparent(), args)
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
             try:
+                self._io.send(request_id, payload)
                 async with asyncio.timeout(timeout):
-                    await ctx.asend(payload)
-                    while True:
-                        rid, result = decode_response(await ctx.arecv(), method)
-                        if rid == request_id:
-                            return result
-            except asyncio.CancelledError:
-                if task in self._lost:
-                    self._lost.discard(task)
-                    task.uncancel()
-                    raise Unavailable(f"{self.service} went away during {method.name}") from None
-                raise
+                    body = await future
             except TimeoutError:
                 raise DeadlineExceeded(f"{self.service} did not answer {method.name} in {timeout:.3g}s") \
                     from None
-            except pynng.NNGException as exc:
-                raise Unavailable(f"{self.service}: {exc}") from None
             finally:
-                self._calls.discard(task)
-                self._lost.discard(task)
-                ctx.close()
+                del self._pending[request_id]
+            return decode_response(body, method)
 
     def close(self) -> None:
+        self._io.close()
         self._sock.close()
 
 
 class DaemonServer:
-    """Serves a daemon's `Method`s on its ipc socket with concurrent nng contexts."""
+    """Serves a daemon's `Method`s on its ipc socket, each request in its own task."""
 
     def __init__(self, service: str, config: Config, tracing: Tracing) -> None:
         self.service = service
         self._config = config
         self._tracing = tracing
         self._handlers: dict[str, tuple[Method[Any, Any], Handler]] = {}
-        self._recent: collections.OrderedDict[bytes, asyncio.Future[bytes]] = collections.OrderedDict()
-        self._sock: pynng.Rep0 | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._io: _LoopSocket | None = None
 
     def register(self, method: Method[Req, Resp], handler: Callable[[Req], Awaitable[Resp]]) -> None:
         if method.name in self._handlers:
@@ -197,54 +301,44 @@ class DaemonServer:
         """Listen and serve until cancelled."""
         prepare_ipc_dir(self._config)
         address = self._config.ipc_address(self.service)
-        _address_path(address).unlink(missing_ok=True)
-        self._sock = pynng.Rep0(recv_max_size=self._config.transport.max_message_bytes)
-        self._sock.listen(address)
+        sock = pynng.Socket(opener=lib.nng_rep0_open_raw, recv_max_size=self._config.transport.max_message_bytes,
+                            send_buffer_size=_QUEUE_DEPTH, recv_buffer_size=_QUEUE_DEPTH)
+        _listen(sock, address)
+        self._io = _LoopSocket(sock, self._on_request)
         log.info("%s serving on %s", self.service, address)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self._config.transport.workers):
-                    group.create_task(self._worker(self._sock.new_context()))
+            await asyncio.Future()  # until cancelled
         finally:
-            self._sock.close()
+            self._io.close()
+            for task in list(self._tasks):
+                task.cancel()
+            sock.close()
 
-    async def _worker(self, ctx: pynng.Context) -> None:
-        while True:
-            try:
-                data = await ctx.arecv()
-            except pynng.Closed:
-                return
-            reply = await self._dispatch(data)
-            try:
-                await ctx.asend(reply)
-            except pynng.Closed:
-                return
-            except pynng.NNGException as exc:
-                # The caller's pipe is gone (it gave up or restarted): nothing to answer.
-                log.debug("%s: reply dropped: %s", self.service, exc)
+    def _on_request(self, header: bytes, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(header, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        if len(self._tasks) >= self._config.transport.workers and self._io is not None:
+            self._io.pause()  # backpressure: let requests wait in nng, not in memory
 
-    async def _dispatch(self, data: bytes) -> bytes:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < self._config.transport.workers and self._io is not None:
+            self._io.resume()
+
+    async def _answer(self, header: bytes, body: bytes) -> None:
+        reply = await self._execute(body)
+        if self._io is not None:
+            self._io.send(header, reply)
+
+    async def _execute(self, body: bytes) -> bytes:
         try:
-            request = decode_request(data)
+            request = decode_request(body)
         except CriplexError as exc:
-            return encode_error(b"", exc)
-        # A resent request (same id) joins the first execution instead of running twice.
-        existing = self._recent.get(request.request_id)
-        if existing is not None:
-            return await asyncio.shield(existing)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._recent[request.request_id] = future
-        if len(self._recent) > _DEDUP_ENTRIES:
-            self._recent.popitem(last=False)
-        reply = await self._execute(request)
-        future.set_result(reply)
-        return reply
-
-    async def _execute(self, request: Any) -> bytes:
-        rid = request.request_id
+            return encode_error(exc)
         entry = self._handlers.get(request.method)
         if entry is None:
-            return encode_error(rid, Unimplemented(f"{self.service} has no method {request.method!r}"))
+            return encode_error(Unimplemented(f"{self.service} has no method {request.method!r}"))
         method, handler = entry
         with self._tracing.server_span(f"{self.service}/{method.name}", request.traceparent):
             try:
@@ -254,31 +348,29 @@ class DaemonServer:
                     raise DeadlineExceeded(f"{method.name}: deadline passed before it started")
                 async with asyncio.timeout(remaining):
                     result = await handler(args)
-                return encode_response(rid, result)
+                return encode_response(result)
             except CriplexError as exc:
                 record_error(exc)
-                return encode_error(rid, exc)
+                return encode_error(exc)
             except TimeoutError as exc:
                 record_error(exc)
-                return encode_error(rid, DeadlineExceeded(f"{method.name} ran past its deadline"))
+                return encode_error(DeadlineExceeded(f"{method.name} ran past its deadline"))
             except Exception as exc:
                 record_error(exc)
                 log.exception("%s: %s failed", self.service, method.name)
-                return encode_error(rid, Internal(f"{method.name}: {type(exc).__name__}: {exc}"))
+                return encode_error(Internal(f"{method.name}: {type(exc).__name__}: {exc}"))
 
 
 class EventPublisher:
-    """A daemon's PUB socket; publishing never blocks (slow subscribers drop)."""
+    """A daemon's PUB socket; publishing never blocks (nng drops for slow subscribers)."""
 
     def __init__(self, service: str, config: Config) -> None:
         prepare_ipc_dir(config)
-        address = config.events_address(service)
-        _address_path(address).unlink(missing_ok=True)
         self._sock = pynng.Pub0()
-        self._sock.listen(address)
+        _listen(self._sock, config.events_address(service))
 
     def publish(self, topic: str, payload: object) -> None:
-        self._sock.send(encode_event(topic, payload))
+        self._sock.send(encode_event(topic, payload), block=False)
 
     def close(self) -> None:
         self._sock.close()
@@ -296,23 +388,29 @@ class EventSubscriber:
         )
         for topic in topics:
             self._sock.subscribe(topic.encode())
-        self._pipes = _PipeWatch(self._sock, asyncio.get_running_loop())
+        self._pipes = _PipeWatch(self._sock)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10000)
+        self._io = _LoopSocket(self._sock, self._on_event)
         self._sock.dial(config.events_address(service), block=False)
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Called on each (re)connection: the moment to resynchronise missed state."""
         self._pipes.on_connect.append(callback)
 
+    def _on_event(self, _header: bytes, body: bytes) -> None:
+        if self._queue.full():
+            log.warning("%s: event queue full, dropping an event", self.service)
+            return
+        self._queue.put_nowait(body)
+
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         while True:
-            try:
-                data = await self._sock.arecv()
-            except pynng.Closed:
-                return
+            data = await self._queue.get()
             try:
                 yield decode_event(data)
             except Exception as exc:
                 log.warning("%s: undecodable event dropped: %s", self.service, exc)
 
     def close(self) -> None:
+        self._io.close()
         self._sock.close()

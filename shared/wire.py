@@ -4,10 +4,11 @@ A daemon's public surface is a set of `Method`s declared in `shared.schema.*`;
 client and server both use the same descriptor, so neither side ever builds an
 envelope by hand.
 
-Request  = [VERSION, request_id: bytes16, method: str, deadline: float (unix s, 0 = none),
-            traceparent: str, args: map]
-Response = [request_id, ok: bool, result map | error [code, type, message]]
+Request  = [VERSION, method: str, deadline: float (unix s, 0 = none), traceparent: str, args: map]
+Response = [ok: bool, result map | error [code, type, message]]
 Event    = topic bytes + b"\\0" + msgpack map  (pub/sub; topic prefix filters)
+
+Requests are matched to replies by the nng header's request id (see shared.transport).
 """
 
 from __future__ import annotations
@@ -36,22 +37,18 @@ class Method(Generic[Req, Resp]):
     name: str
     request: type[Req]
     response: type[Resp]
-    # Safe to run twice: a resend after a daemon restart may be executed again.
-    idempotent: bool = True
 
 
 @dataclass(frozen=True)
 class Request:
-    request_id: bytes
     method: str
     deadline: float
     traceparent: str
     args: dict[str, Any]
 
 
-def encode_request(request_id: bytes, method: Method[Any, Any], deadline: float, traceparent: str,
-                   args: object) -> bytes:
-    return msgpack.packb([VERSION, request_id, method.name, deadline, traceparent, to_plain(args)])
+def encode_request(method: Method[Any, Any], deadline: float, traceparent: str, args: object) -> bytes:
+    return msgpack.packb([VERSION, method.name, deadline, traceparent, to_plain(args)])
 
 
 def decode_request(data: bytes) -> Request:
@@ -59,32 +56,32 @@ def decode_request(data: bytes) -> Request:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise InvalidArgument(f"undecodable request: {exc}") from None
-    if not (isinstance(raw, list) and len(raw) == 6 and raw[0] == VERSION):
+    if not (isinstance(raw, list) and len(raw) == 5 and raw[0] == VERSION):
         raise InvalidArgument("request envelope has the wrong shape or version")
-    _, rid, method, deadline, traceparent, args = raw
-    if not (isinstance(rid, bytes) and isinstance(method, str) and isinstance(deadline, int | float)
+    _, method, deadline, traceparent, args = raw
+    if not (isinstance(method, str) and isinstance(deadline, int | float)
             and isinstance(traceparent, str) and isinstance(args, dict)):
         raise InvalidArgument("request envelope has fields of the wrong type")
-    return Request(rid, method, float(deadline), traceparent, args)
+    return Request(method, float(deadline), traceparent, args)
 
 
-def encode_response(request_id: bytes, result: object) -> bytes:
-    return msgpack.packb([request_id, True, to_plain(result)])
+def encode_response(result: object) -> bytes:
+    return msgpack.packb([True, to_plain(result)])
 
 
-def encode_error(request_id: bytes, error: CriplexError) -> bytes:
-    return msgpack.packb([request_id, False, error.to_wire()])
+def encode_error(error: CriplexError) -> bytes:
+    return msgpack.packb([False, error.to_wire()])
 
 
-def decode_response(data: bytes, method: Method[Any, Resp]) -> tuple[bytes, Resp]:
-    """Return (request_id, typed result) or raise the peer's error."""
+def decode_response(data: bytes, method: Method[Any, Resp]) -> Resp:
+    """Return the typed result or raise the peer's error."""
     try:
-        rid, ok, payload = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        ok, payload = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise InvalidArgument(f"undecodable response to {method.name}: {exc}") from None
     if not ok:
         raise from_wire(payload)
-    return rid, parse(method.response, payload, method.name)
+    return parse(method.response, payload, method.name)
 
 
 def parse(tp: type[Req], plain: Any, where: str) -> Req:

@@ -1,0 +1,46 @@
+# criplex: `make up` runs the runtime, `make test` proves it. Both start from a fresh Debian 12 root machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# What criplex needs on the host to run containers, images and pod networks.
+APT_RUNTIME := runc conmon containernetworking-plugins iproute2 iptables
+# What the tests need on top: a real registry, busybox to build images from, tools for auth/TLS fixtures.
+APT_TEST := $(APT_RUNTIME) docker-registry busybox-static apache2-utils openssl zstd
+
+.PHONY: up test lint venv deps-runtime deps-test proto bench clean-venv
+
+up: deps-runtime venv
+	$(VENV)/bin/criplex up
+
+test: deps-test venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: deps-test venv
+	$(PY) -m bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Install only what is missing: apt-get update is slow and needs the network.
+deps-runtime:
+	@missing=$$(for p in $(APT_RUNTIME); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+deps-test:
+	@missing=$$(for p in $(APT_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+proto: venv
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. shared/cri/api.proto
+
+clean-venv:
+	rm -rf $(VENV)

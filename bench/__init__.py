@@ -1,0 +1,1 @@
+"""criplex benchmarks: `make bench` (or `python -m bench`) runs them and prints a table."""

@@ -1,0 +1,144 @@
+"""The whole runtime under supervisord: CRI basics, and restarting daemons one by one."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+
+import grpc
+import pytest
+
+from shared.cri import api_pb2
+from tests.support.runtime import CriplexRun, wait_for
+
+DAEMON_CALL = {
+    # A CRI call that needs each daemon, to see it fail fast and come back.
+    "imaged": lambda c: c.image.ListImages(api_pb2.ListImagesRequest(), timeout=5),
+    "storaged": lambda c: c.image.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=5),
+}
+CONDITION_OF = {"imaged": "RuntimeReady", "storaged": "RuntimeReady", "monitord": "RuntimeReady",
+                "netd": "NetworkReady"}
+
+
+@pytest.fixture(scope="module")
+def criplex():
+    run = CriplexRun()
+    try:
+        yield run.start()
+    finally:
+        run.stop()
+
+
+def test_version_names_criplex_and_v1(criplex):
+    with criplex.client() as c:
+        v = c.runtime.Version(api_pb2.VersionRequest(), timeout=5)
+    assert (v.runtime_name, v.runtime_api_version, v.version) == ("criplex", "v1", "0.1.0")
+
+
+def test_status_is_ready_with_verbose_config_and_daemon_info(criplex):
+    with criplex.client() as c:
+        status = c.runtime.Status(api_pb2.StatusRequest(verbose=True), timeout=5)
+    conditions = {cond.type: cond.status for cond in status.status.conditions}
+    assert conditions == {"RuntimeReady": True, "NetworkReady": True}
+    config = json.loads(status.info["config"])
+    assert config["paths"]["run_dir"] == str(criplex.run_dir)
+    daemons = json.loads(status.info["daemons"])
+    assert set(daemons) == {"imaged", "storaged", "netd", "monitord"}
+    assert all(d["connected"] and d["ready"] for d in daemons.values())
+    assert [h.name for h in status.runtime_handlers] == ["runc"]
+
+
+def test_not_yet_built_rpc_answers_unimplemented_naming_the_area(criplex):
+    with criplex.client() as c, pytest.raises(grpc.RpcError) as err:
+        c.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "pod sandboxes" in err.value.details()
+
+
+def test_unknown_rpc_answers_unimplemented(criplex):
+    with criplex.client() as c:
+        bogus = c.channel.unary_unary("/runtime.v1.RuntimeService/NoSuchMethod",
+                                      request_serializer=lambda m: b"", response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            bogus(b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sockets_are_protected(criplex):
+    assert stat.S_IMODE(os.stat(criplex.socket).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(criplex.run_dir / "ipc").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("service", ["imaged", "storaged", "netd", "monitord"])
+def test_restarting_a_daemon_never_hangs_the_gateway(criplex, service):
+    """While a client loops on Status, restart one daemon under supervisord.
+
+    Status must always answer quickly; the daemon's own call must fail only with
+    UNAVAILABLE and only while it is down, and work again right after.
+    """
+    old_pid = criplex.daemon_pid(service)
+    stop = threading.Event()
+    slowest = [0.0]
+    errors: list[str] = []
+    not_ready_seen = threading.Event()
+    call_codes: list[grpc.StatusCode] = []
+
+    def loop():
+        with criplex.client() as c:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = c.runtime.Status(api_pb2.StatusRequest(), timeout=2)
+                    conds = {x.type: x.status for x in status.status.conditions}
+                    if not conds[CONDITION_OF[service]]:
+                        not_ready_seen.set()
+                except grpc.RpcError as exc:
+                    errors.append(f"Status: {exc.code()}")
+                if service in DAEMON_CALL:
+                    try:
+                        DAEMON_CALL[service](c)
+                    except grpc.RpcError as exc:
+                        call_codes.append(exc.code())
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        out = criplex.supervisorctl("restart", service)
+        assert "started" in out, out
+        wait_for(lambda: criplex.daemon_pid(service) != old_pid, 10, f"{service} to get a new pid")
+        wait_for(criplex.ready, 10, "the runtime to be ready again")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert slowest[0] < 1.5, f"a call took {slowest[0]:.2f}s while {service} restarted"
+    assert not_ready_seen.is_set(), f"Status never showed {service} down"
+    assert set(call_codes) <= {grpc.StatusCode.UNAVAILABLE}, call_codes
+    if service in DAEMON_CALL:
+        with criplex.client() as c:
+            DAEMON_CALL[service](c)  # the next call after the restart succeeds
+
+
+def test_gateway_sees_each_daemon_start_through_pub_sub(criplex):
+    def starts() -> dict[str, int]:
+        with criplex.client() as c:
+            status = c.runtime.Status(api_pb2.StatusRequest(verbose=True), timeout=5)
+        return {k: v["starts_seen"] for k, v in json.loads(status.info["daemons"]).items()}
+
+    before = starts()
+    criplex.supervisorctl("restart", "netd")
+    wait_for(lambda: starts()["netd"] > before["netd"], 10, "the gateway to hear netd's start event")
+
+
+def test_restarting_the_gateway_keeps_daemons_running(criplex):
+    pids = {s: criplex.daemon_pid(s) for s in ("imaged", "storaged", "netd", "monitord")}
+    criplex.supervisorctl("restart", "gateway")
+    wait_for(criplex.ready, 15, "the gateway to serve again")
+    assert {s: criplex.daemon_pid(s) for s in pids} == pids
