@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,3 +70,4 @@ def run(calls: int = 5000) -> list[Summary]:
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""Getting one layer into storaged: download its blob, verified, then ask storaged to apply it.
+
+Shared work, so concurrent pulls never fetch or apply twice:
+- per chain ID, "download + apply" (two pulls of one image);
+- per blob digest, the download (one blob at two chain positions). Every user of
+  a download gets its own hard link in storaged's incoming directory, because
+  storaged consumes (deletes) the file it applies; the download's own file is
+  deleted once the last user has linked it.
+
+Downloads run in parallel, but storaged stores a layer only on top of its stored
+parent (so that a stored chain ID always implies its whole chain, which
+has_layers relies on): each layer is applied as soon as its blob is complete
+*and* its parent's apply has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.imaged.distribution import RegistryClient
+from services.imaged.inflight import Fanout, Listener, SharedTasks
+from services.imaged.manifest import Descriptor
+from shared.errors import AlreadyExists, CriplexError
+from shared.schema.storaged import APPLY_LAYER, ApplyLayerRequest
+from shared.wire import Method
+
+log = logging.getLogger(__name__)
+
+PREFIX = "imaged-"
+_PARTIAL = ".partial"
+
+
+class Storaged(Protocol):
+    """What imaged needs of storaged's client (shared.transport.DaemonClient)."""
+
+    async def call(self, method: Method[Any, Any], args: Any, timeout: float | None = None) -> Any: ...
+
+
+class LayerFetcher:
+    def __init__(self, incoming: Path, storaged: Storaged, call_timeout: float) -> None:
+        self._incoming = incoming
+        self._storaged = storaged
+        self._call_timeout = call_timeout
+        self._layers: SharedTasks[str, None] = SharedTasks()
+        self._blobs: SharedTasks[str, Path] = SharedTasks(release=_unlink)
+
+    def prepare(self, max_age_s: float) -> None:
+        """Create the incoming directory and remove what an earlier imaged left half-done."""
+        self._incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cutoff = time.time() - max_age_s
+        for entry in self._incoming.iterdir():
+            if not entry.name.startswith(PREFIX):
+                continue
+            try:
+                # A finished blob may be in storaged's hands right now; only old ones are ours to drop.
+                if entry.name.endswith(_PARTIAL) or entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def ensure(self, client: RegistryClient, layer: Descriptor, chain_id: str, parent_chain_id: str,
+                     diff_id: str, downloads: asyncio.Semaphore, listener: Listener) -> None:
+        """Return once storaged holds `chain_id`; `listener` hears the bytes downloaded."""
+        async def start(fanout: Fanout) -> None:
+            await self._fetch_and_apply(client, layer, chain_id, parent_chain_id, diff_id, downloads, fanout)
+
+        await self._layers.run(chain_id, start, take=lambda _: None, listener=listener)
+
+    def cancel_all(self) -> None:
+        self._layers.cancel_all()
+        self._blobs.cancel_all()
+
+    async def _fetch_and_apply(self, client: RegistryClient, layer: Descriptor, chain_id: str,
+                               parent_chain_id: str, diff_id: str, downloads: asyncio.Semaphore,
+                               fanout: Fanout) -> None:
+        async def start(blob_fanout: Fanout) -> Path:
+            return await self._download(client, layer, downloads, blob_fanout)
+
+        blob = await self._blobs.run(layer.digest, start, take=self._link, listener=fanout)
+        try:
+            # The parent is being applied by this or another pull, or is stored already. If its
+            # work failed, storaged refuses ours with FailedPrecondition, and the pull reports
+            # the parent's own error first.
+            if parent_chain_id:
+                with contextlib.suppress(CriplexError):
+                    await self._layers.join(parent_chain_id)
+            request = ApplyLayerRequest(chain_id, parent_chain_id, diff_id, blob.name, layer.media_type)
+            await self._storaged.call(APPLY_LAYER, request, timeout=self._call_timeout)
+        except AlreadyExists:
+            pass  # another client of storaged stored it meanwhile: what we wanted
+        finally:
+            # storaged deletes the blob once applied or refused; this covers calls that never reached it.
+            _unlink(blob)
+
+    async def _download(self, client: RegistryClient, layer: Descriptor, downloads: asyncio.Semaphore,
+                        fanout: Fanout) -> Path:
+        async with downloads:
+            partial = self._incoming / f"{self._name(layer.digest)}{_PARTIAL}"
+            started = time.monotonic()
+            try:
+                await client.download(layer, partial, fanout)
+                final = partial.with_name(partial.name.removesuffix(_PARTIAL))
+                os.rename(partial, final)
+            except BaseException:
+                _unlink(partial)
+                raise
+            elapsed = time.monotonic() - started
+            log.info("downloaded %s from %s (%d bytes, %.1fs)", layer.digest, client.host, layer.size, elapsed)
+            return final
+
+    def _link(self, blob: Path) -> Path:
+        own = self._incoming / self._name(blob.name.split("-")[1])
+        os.link(blob, own)
+        return own
+
+    @staticmethod
+    def _name(digest: str) -> str:
+        short = digest.split(":")[-1][:12]
+        return f"{PREFIX}{short}-{uuid.uuid4().hex}"
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""storaged: the disk side of images — the layer store, image holds, container root filesystems."""
