@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -56,6 +57,9 @@ class RecordStore(Generic[T]):
         self._type = record_type
         self._records: dict[str, T] = {}
         self._lock = asyncio.Lock()
+        # Changes with every put and delete; starts from the clock so that a restarted
+        # daemon never repeats a generation a client may have cached.
+        self.generation = time.time_ns()
 
     def load(self) -> dict[str, T]:
         """Read every record (at start, before serving); leftovers of interrupted writes are removed."""
@@ -99,13 +103,15 @@ class RecordStore(Generic[T]):
         async with self._lock:
             await asyncio.to_thread(write_atomic, self._dir / f"{key}.json", data)
             self._records[key] = record
+            self.generation += 1
 
     async def delete(self, key: str) -> None:
         async with self._lock:
             path = self._dir / f"{key}.json"
             if path.exists():
                 await asyncio.to_thread(self._unlink, path)
-            self._records.pop(key, None)
+            if self._records.pop(key, None) is not None:
+                self.generation += 1
 
     @staticmethod
     def _unlink(path: Path) -> None:

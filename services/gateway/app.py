@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from services.gateway.health import HealthMonitor
+from services.gateway.list_images import ImageListCache
 from services.gateway.servicer import generic_handlers
 from shared.config import DAEMONS, Config
 from shared.tracing import Tracing
@@ -31,6 +32,7 @@ class Gateway:
         self.netd = self.clients["netd"]
         self.monitord = self.clients["monitord"]
         self.health = HealthMonitor(config, self.clients)
+        self.image_list_cache = ImageListCache()
 
     def close(self) -> None:
         for client in self.clients.values():

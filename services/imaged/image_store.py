@@ -69,6 +69,11 @@ class ImageStore:
     def all(self) -> list[ImageRecord]:
         return self._records.values()
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever any record does: lets clients cache a listing."""
+        return self._records.generation
+
     def get(self, image_id: str) -> ImageRecord | None:
         return self._records.get(image_id)
 

@@ -7,16 +7,15 @@ Shared work, so concurrent pulls never fetch or apply twice:
   storaged consumes (deletes) the file it applies; the download's own file is
   deleted once the last user has linked it.
 
-Downloads run in parallel, but storaged stores a layer only on top of its stored
-parent (so that a stored chain ID always implies its whole chain, which
-has_layers relies on): each layer is applied as soon as its blob is complete
-*and* its parent's apply has finished.
+Downloads run in parallel, and each layer is handed to storaged as soon as its
+blob is complete: storaged unpacks layers in parallel and commits each only on
+top of its stored parent (so a stored chain ID always implies its whole chain,
+which has_layers relies on).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from typing import Any, Protocol
 from services.imaged.distribution import RegistryClient
 from services.imaged.inflight import Fanout, Listener, SharedTasks
 from services.imaged.manifest import Descriptor
-from shared.errors import AlreadyExists, CriplexError
+from shared.errors import AlreadyExists
 from shared.schema.storaged import APPLY_LAYER, ApplyLayerRequest
 from shared.wire import Method
 
@@ -85,12 +84,9 @@ class LayerFetcher:
 
         blob = await self._blobs.run(layer.digest, start, take=self._link, listener=fanout)
         try:
-            # The parent is being applied by this or another pull, or is stored already. If its
-            # work failed, storaged refuses ours with FailedPrecondition, and the pull reports
-            # the parent's own error first.
-            if parent_chain_id:
-                with contextlib.suppress(CriplexError):
-                    await self._layers.join(parent_chain_id)
+            # Applied at once, even before the parent: storaged unpacks layers in parallel and
+            # commits each only after its parent. If the parent's work fails, storaged refuses
+            # ours with FailedPrecondition, and the pull reports the parent's own error first.
             request = ApplyLayerRequest(chain_id, parent_chain_id, diff_id, blob.name, layer.media_type)
             await self._storaged.call(APPLY_LAYER, request, timeout=self._call_timeout)
         except AlreadyExists:

@@ -117,7 +117,10 @@ class ImagedService:
 
     async def list_images(self, request: ListImagesRequest) -> ListImagesResponse:
         if not request.image:
-            return ListImagesResponse(tuple(sorted(self._store.all(), key=lambda r: r.id)))
+            generation = self._store.generation
+            if request.known_generation == generation:
+                return ListImagesResponse((), generation, unchanged=True)
+            return ListImagesResponse(tuple(sorted(self._store.all(), key=lambda r: r.id)), generation)
         record = self._find(request.image)
         return ListImagesResponse((record,) if record is not None else ())
 

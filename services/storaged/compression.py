@@ -42,7 +42,7 @@ MAGIC_BYTES = 4
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 _CHUNK = 1 << 20
-_RECENT_CHUNKS = 8  # tarfile reads 10 KiB records, so this covers its read-ahead many times over
+_RECENT_CHUNKS = 8  # tarfile reads ahead at most one 256 KiB read (unpack._TAR_READ): covered many times over
 # A hostile zstd frame may declare a huge window; 128 MiB is zstd's own default
 # limit, and real layers (levels 1-19) use 8 MiB or less.
 _ZSTD_MAX_WINDOW = 1 << 27

@@ -121,6 +121,10 @@ def _host_error(exc: OSError, what: str) -> CriplexError:
     return Internal(f"{what}: {exc}")
 
 
+# How long a child layer, fully unpacked, waits for its parent to be applied.
+PARENT_WAIT_S = 60.0
+
+
 class LayerStore:
     def __init__(self, root: Path) -> None:
         self.layers_dir = root / "layers"
@@ -133,6 +137,9 @@ class LayerStore:
         self._holds: Counter[str] = Counter()
         self._removing: set[str] = set()
         self._cancel = threading.Event()
+        # Set (and replaced) each time a layer is committed: wakes children waiting for a parent.
+        self._committed = asyncio.Event()
+        self.parent_wait_s = PARENT_WAIT_S
         # Unpacks get threads of their own: long ones must not starve the default pool,
         # which serves the quick file operations (record writes, mounts) of every call.
         self._unpack_pool = ThreadPoolExecutor(UNPACK_WORKERS, thread_name_prefix="unpack")
@@ -235,10 +242,11 @@ class LayerStore:
                                   f"(expected {expected})")
 
     def _start_unpack(self, req: ApplyLayerRequest, blob_path: Path) -> asyncio.Task[Layer]:
-        # No await from the parent check to the hold: a collection cannot slip in between.
+        # A layer's diff does not depend on its parent's content, so a child unpacks at
+        # once, in parallel with its parent; only its commit waits for the parent
+        # (`_await_parent`), so a stored chain ID still always implies its whole chain.
+        # No await from here to the hold: a collection cannot slip in between.
         parent = req.parent_chain_id
-        if parent and self.get(parent) is None:
-            raise FailedPrecondition(f"parent layer {parent} of {req.chain_id} is not stored")
         blob = self._open_blob(blob_path)
         task = asyncio.create_task(self._unpack(req, blob), name=f"unpack {req.chain_id}")
         self._unpacks[req.chain_id] = task
@@ -279,11 +287,15 @@ class LayerStore:
                     self._unpack_pool, unpack_blob, blob, req.media_type, req.diff_id, tmp / "diff", self._cancel)
             record = LayerRecord(req.chain_id, req.parent_chain_id, req.diff_id, usage.bytes, usage.inodes,
                                  time.time())
+            if req.parent_chain_id:
+                await self._await_parent(req)
             async with self._lock:
                 if req.parent_chain_id and self.get(req.parent_chain_id) is None:
                     raise FailedPrecondition(f"parent layer {req.parent_chain_id} went away during the unpack")
                 await asyncio.to_thread(self._publish, tmp, self.layers_dir / _key(req.chain_id))
                 await self._records.put(_key(req.chain_id), record)
+                self._committed.set()
+                self._committed = asyncio.Event()
         except asyncio.CancelledError:
             raise  # the tmp dir is debris the next start removes
         except Exception as exc:
@@ -293,6 +305,28 @@ class LayerStore:
             raise
         log.info("layer %s stored: %d bytes, %d inodes", req.chain_id, usage.bytes, usage.inodes)
         return record.layer()
+
+    async def _await_parent(self, req: ApplyLayerRequest) -> None:
+        """Wait until the parent is stored; its apply may be running or not even have arrived yet."""
+        parent = req.parent_chain_id
+        deadline = time.monotonic() + self.parent_wait_s
+        while self.get(parent) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FailedPrecondition(f"parent layer {parent} of {req.chain_id} is not stored")
+            running = self._unpacks.get(parent)
+            if running is not None and not running.done():
+                with contextlib.suppress(CriplexError):
+                    await asyncio.wait_for(asyncio.shield(running), remaining)
+                if self.get(parent) is None and not self._parent_pending(parent):
+                    raise FailedPrecondition(f"parent layer {parent} of {req.chain_id} failed to apply")
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), min(remaining, 0.05))
+
+    def _parent_pending(self, chain_id: str) -> bool:
+        running = self._unpacks.get(chain_id)
+        return running is not None and not running.done()
 
     def _publish(self, tmp: Path, final: Path) -> None:
         if final.exists():

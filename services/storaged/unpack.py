@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+_TAR_READ = 256 << 10
 # Go's archive/tar allows 1 MiB of pax records per entry; real ones are a few hundred bytes.
 _META_MAX = 1 << 20
 _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
@@ -90,7 +91,10 @@ class _LayerWriter:
     def write(self, stream: VerifyingReader) -> int:
         """Write every entry; return the offset where the archive ended."""
         try:
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+            # tarfile's stream mode reads its source `bufsize` bytes at a time (10 KiB by
+            # default): every read is a trip through the decompressor and the hash in
+            # Python, holding the GIL. Bigger reads let parallel unpacks use both cores.
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo, bufsize=_TAR_READ) as tar:
                 while (member := _next(tar)) is not None:
                     tar.members.clear()  # stream mode would keep every header in memory
                     if self._cancel.is_set():

@@ -77,11 +77,16 @@ class ImageStatusResponse:
 @dataclass(frozen=True)
 class ListImagesRequest:
     image: str = ""  # filter: same forms as ImageStatusRequest.image; empty = all
+    # With no filter: the generation of the caller's cached listing. When nothing has
+    # changed since, the answer is `unchanged` and carries no images.
+    known_generation: int = 0
 
 
 @dataclass(frozen=True)
 class ListImagesResponse:
     images: tuple[ImageRecord, ...]
+    generation: int = 0
+    unchanged: bool = False
 
 
 @dataclass(frozen=True)

@@ -191,12 +191,24 @@ async def test_malformed_digests_are_refused(root: Path, bad: str) -> None:
         await store.apply(ApplyLayerRequest(bad, "", bad, name, blob.media_type))
 
 
-async def test_a_layer_whose_parent_is_not_stored_is_refused(root: Path) -> None:
+async def test_a_layer_whose_parent_never_arrives_is_refused(root: Path) -> None:
     store = await open_store(root)
+    store.parent_wait_s = 0.3
     _, top = stack(2)
     with pytest.raises(FailedPrecondition, match="parent"):
         await apply(store, top)
     assert os.listdir(store.incoming_dir) == [] and os.listdir(store.layers_dir) == []
+
+
+async def test_a_child_unpacks_before_its_parent_and_commits_after_it(root: Path) -> None:
+    store = await open_store(root)
+    bottom, top = stack(2)
+    child = asyncio.create_task(apply(store, top))
+    await asyncio.sleep(0.2)
+    assert store.get(top.chain_id) is None  # unpacked, perhaps, but not visible without its parent
+    await apply(store, bottom)
+    await child
+    assert store.get(top.chain_id) is not None and store.get(bottom.chain_id) is not None
 
 
 async def test_chain_lists_layers_top_first(root: Path) -> None:
