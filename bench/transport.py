@@ -11,6 +11,8 @@ import tempfile
 import textwrap
 import time
 
+import pynng
+
 from bench.stats import Summary, summarize
 from shared.config import Config, PathsConfig
 from shared.schema.common import HEALTH, HealthRequest
@@ -30,6 +32,38 @@ _DAEMON = textwrap.dedent("""
     server.register(HEALTH, health)
     asyncio.run(server.serve())
 """)
+
+
+# The floor: nng's own round trip on this machine, blocking calls, no event loop, no codec.
+_ECHO_SYNC = textwrap.dedent("""
+    import sys, pynng
+    sock = pynng.Rep0(listen=sys.argv[1])
+    while True:
+        sock.send(sock.recv())
+""")
+
+
+def nng_floor(base: str, calls: int) -> Summary:
+    address = f"ipc://{base}/floor.sock"
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SYNC, address])
+    try:
+        with pynng.Req0() as sock:
+            sock.dial(address, block=False)
+            payload = b"x" * 64
+            for _ in range(200):
+                sock.send(payload)
+                sock.recv()
+            latencies = []
+            started = time.perf_counter()
+            for _ in range(calls):
+                t = time.perf_counter()
+                sock.send(payload)
+                sock.recv()
+                latencies.append(time.perf_counter() - t)
+            return summarize("bare nng REQ/REP, blocking (floor)", 1, latencies, time.perf_counter() - started)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 async def _measure(client: DaemonClient, concurrency: int, calls: int) -> tuple[list[float], float]:
@@ -66,7 +100,7 @@ def run(calls: int = 5000) -> list[Summary]:
         return out
 
     try:
-        return asyncio.run(main())
+        return [nng_floor(base, calls), *asyncio.run(main())]
     finally:
         proc.kill()
         proc.wait()

@@ -263,22 +263,27 @@ class DaemonClient:
                     raise Unavailable(f"{self.service} is not running (no connection)") from None
             request_id = next(self._ids).to_bytes(4, "big")
             payload = encode_request(method, time.time() + timeout, self._tracing.traceparent(), args)
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[bytes] = loop.create_future()
+            # A timer on the future itself: cheaper than an asyncio.timeout scope per call.
+            timer = loop.call_later(timeout, _expire, future, self.service, method.name, timeout)
             self._pending[request_id] = future
             try:
                 self._io.send(request_id, payload)
-                async with asyncio.timeout(timeout):
-                    body = await future
-            except TimeoutError:
-                raise DeadlineExceeded(f"{self.service} did not answer {method.name} in {timeout:.3g}s") \
-                    from None
+                body = await future
             finally:
+                timer.cancel()
                 del self._pending[request_id]
             return decode_response(body, method)
 
     def close(self) -> None:
         self._io.close()
         self._sock.close()
+
+
+def _expire(future: asyncio.Future[bytes], service: str, method: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"{service} did not answer {method} in {timeout:.3g}s"))
 
 
 class DaemonServer:
