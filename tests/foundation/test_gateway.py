@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +15,7 @@ import grpc
 import pytest
 
 from shared.cri import api_pb2
-from tests.support.runtime import CriplexRun, wait_for
+from tests.support.runtime import REPO, CriplexRun, wait_for
 
 DAEMON_CALL = {
     # A CRI call that needs each daemon, to see it fail fast and come back.
@@ -142,3 +145,18 @@ def test_restarting_the_gateway_keeps_daemons_running(criplex):
     criplex.supervisorctl("restart", "gateway")
     wait_for(criplex.ready, 15, "the gateway to serve again")
     assert {s: criplex.daemon_pid(s) for s in pids} == pids
+
+
+def test_criplex_status_and_restart_commands(criplex):
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.cli", "--config", str(criplex.config_file), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    out = cli("status")
+    assert out.returncode == 0, out.stderr
+    assert "RuntimeReady: true" in out.stdout and "NetworkReady: true" in out.stdout
+    assert re.search(r"^imaged +(STARTING|RUNNING)", out.stdout, re.M)
+    old = criplex.daemon_pid("monitord")
+    assert cli("restart", "monitord").returncode == 0
+    assert criplex.daemon_pid("monitord") != old
+    wait_for(criplex.ready, 15, "the runtime to be ready again")
