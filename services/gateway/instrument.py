@@ -31,6 +31,7 @@ class Call:
 
     method: str
     timeout: float  # seconds left of the kubelet's deadline (or the configured default)
+    has_deadline: bool  # False: the client set none (the kubelet sets none on PullImage)
 
 
 Handler = Callable[["Gateway", Any, Call], Awaitable[Any]]
@@ -45,7 +46,7 @@ def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         remaining = context.time_remaining()
-        call = Call(method, default_timeout if remaining is None else max(remaining, 0.0))
+        call = Call(method, default_timeout if remaining is None else max(remaining, 0.0), remaining is not None)
         traceparent = ""
         if tracing.enabled:
             for key, value in context.invocation_metadata() or ():

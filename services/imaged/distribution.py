@@ -94,7 +94,7 @@ def _backoff(attempt: int) -> float:
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:
     value = response.headers.get("Retry-After", "")
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(_MAX_RETRY_AFTER_S, float(value))
     return _backoff(attempt)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
+from services.imaged.inflight import KeyedLock
 from services.imaged.reference import ImageReference, parse_reference
 from shared.errors import CriplexError, InvalidArgument
 from shared.schema.imaged import ImageRecord
@@ -62,6 +64,7 @@ class ImageStore:
         self._records: RecordStore[ImageRecord] = RecordStore(directory, ImageRecord)
         # A pull's name moves touch several records: one writer at a time keeps names unique.
         self._lock = asyncio.Lock()
+        self._image_locks: KeyedLock[str] = KeyedLock()
 
     def load(self) -> list[ImageRecord]:
         return list(self._records.load().values())
@@ -73,6 +76,11 @@ class ImageStore:
     def generation(self) -> int:
         """Changes whenever any record does: lets clients cache a listing."""
         return self._records.generation
+
+    def image_lock(self, image_id: str) -> AbstractAsyncContextManager[None]:
+        """Held around "storaged reference + record" steps of one image (pull and removal),
+        so that neither sees the other half done (see inflight.KeyedLock)."""
+        return self._image_locks.hold(image_id)
 
     def get(self, image_id: str) -> ImageRecord | None:
         return self._records.get(image_id)

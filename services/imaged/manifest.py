@@ -24,6 +24,7 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPTED = (*MANIFEST_TYPES, *INDEX_TYPES)
+INT64_MAX = 2**63 - 1  # descriptor sizes are int64 (image-spec), CRI uids Int64Value
 
 CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
                 "application/vnd.docker.container.image.v1+json")
@@ -96,8 +97,8 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
         raise DataLoss(f"{what}: descriptor is not an object")
     media_type, digest, size = raw.get("mediaType"), raw.get("digest"), raw.get("size")
     if not isinstance(media_type, str) or not isinstance(digest, str) \
-            or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise DataLoss(f"{what}: descriptor needs a string mediaType and digest and a size >= 0")
+            or not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= INT64_MAX:
+        raise DataLoss(f"{what}: descriptor needs a string mediaType and digest and a size from 0 to 2^63-1")
     try:
         parse_digest(digest)
     except InvalidArgument as exc:
@@ -244,10 +245,16 @@ def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def user_ids(user: str) -> tuple[int | None, str]:
-    """(uid, username) of a config User "name|uid[:group|gid]", as the CRI reports them."""
+    """(uid, username) of a config User "name|uid[:group|gid]", as the CRI reports them.
+
+    A uid is ASCII digits that fit the CRI's Int64Value, as containerd and CRI-O parse it
+    (strconv.ParseInt); anything else is a name. str.isdigit() alone would take "²" (which
+    int() refuses) and numbers too large for protobuf and msgpack, and one such image
+    would break every ListImages.
+    """
     head = user.split(":", 1)[0]
     if not head:
         return None, ""
-    if head.isdigit():
+    if head.isascii() and head.isdigit() and int(head) <= INT64_MAX:
         return int(head), ""
     return None, head

@@ -1,26 +1,35 @@
 """PullImage: resolve, fetch what storaged lacks, reference the layers, record the image.
 
 The order is what keeps a crash at any point harmless:
-1. layers are applied in storaged (keyed by chain ID, shared with other images);
+1. layers are applied in storaged (keyed by chain ID, shared with other images),
+   while a reference of the pull's own holds the layers that were already stored;
 2. storaged holds the image's reference on its top chain (set_image_layers);
 3. only then the record is written.
 A crash between 2 and 3 leaves a reference without a record, which the
 sync_images at the next start drops. The whole of 1-3 runs inside the SyncGate,
-so that resync never sees layers of a pull in progress as unreferenced.
+so that resync never sees layers of a pull in progress as unreferenced. Steps 2
+and 3 run under the image's lock, which a removal of the image takes too.
+
+Layers found stored can still be collected before the pull holds them (another
+image sharing them was removed in between); the pull then looks again and
+fetches what went missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from services.imaged.image_store import ImageStore
 from services.imaged.inflight import SyncGate
 from services.imaged.layers import LayerFetcher, Storaged
-from services.imaged.manifest import chain_ids, user_ids
+from services.imaged.manifest import INT64_MAX, chain_ids, user_ids
 from services.imaged.reference import normalize
 from services.imaged.resolve import ResolvedImage, Resolver
 from shared.config import ImagedConfig
@@ -31,6 +40,11 @@ from shared.schema.storaged import HAS_LAYERS, SET_IMAGE_LAYERS, HasLayersReques
 log = logging.getLogger(__name__)
 
 _PUBLISH_EVERY_S = 0.5
+# Fetching layers again because an image removal collected some of them meanwhile: a few
+# times, not forever (a removal loop racing every pull would otherwise keep it busy).
+_STORE_ATTEMPTS = 3
+# storaged references held by a pull in progress, under keys that are no image ID.
+PULL_HOLD_PREFIX = "pull-in-progress-"
 _LOG_EVERY_S = 10.0
 
 Publish = Callable[[PullProgress], None]
@@ -108,29 +122,89 @@ class Puller:
 
     async def _pull(self, image: str, cri_auth: RegistryAuth | None) -> ImageRecord:
         resolved = await self._resolver.resolve(image, cri_auth)
-        layers, config = resolved.manifest.layers, resolved.config
-        chain = chain_ids(config.diff_ids)
-        image_id = resolved.manifest.config.digest
+        chain = chain_ids(resolved.config.diff_ids)
+        record = compose_record(resolved, chain)  # before storaged holds anything for it
+        image_id = record.id
         async with self._gate.shared():
-            answer = await self._storaged.call(HAS_LAYERS, HasLayersRequest(chain), timeout=self._config.pull_timeout)
-            if len(answer.present) != len(chain):
-                raise Internal(f"storaged answered has_layers for {len(answer.present)} of {len(chain)} layers")
-            missing = [i for i, present in enumerate(answer.present) if not present]
-            progress = Progress(image, len(missing), sum(layers[i].size for i in missing), self._publish)
-            progress.finish()
-            downloads = asyncio.Semaphore(self._config.max_concurrent_downloads)
+            for attempt in range(1, _STORE_ATTEMPTS + 1):
+                present = await self._present(chain)
+                try:
+                    async with self._holding(chain, present):
+                        await self._fetch_missing(image, resolved, chain, present)
+                        # The reference and the record change together, never interleaved with a
+                        # removal of this image (which drops the record, then the reference).
+                        async with self._store.image_lock(image_id):
+                            await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(image_id, chain[-1]),
+                                                      timeout=self._config.pull_timeout)
+                            return await self._store.add(replace(record, pulled_at=time.time()),
+                                                         self.pause_names)
+                except CriplexError as exc:
+                    # Layers that were stored when we looked may be collected before this pull holds
+                    # them: an image sharing them was removed meanwhile (the kubelet's image GC during
+                    # a rollout). storaged then refuses our hold; look again and fetch what is missing.
+                    if attempt == _STORE_ATTEMPTS or not await self._lost(chain, present):
+                        raise
+                    log.info("pull %s: stored layers were removed meanwhile (%s); fetching them again",
+                             image, exc.message)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-            async def fetch(i: int) -> None:
-                parent = chain[i - 1] if i else ""
-                await self._layers.ensure(resolved.client, layers[i], chain[i], parent, config.diff_ids[i],
-                                          downloads, progress.add_bytes)
-                progress.layer_done()
+    @contextlib.asynccontextmanager
+    async def _holding(self, chain: tuple[str, ...], present: tuple[bool, ...]) -> AsyncIterator[None]:
+        """Hold the layers already stored while the missing ones download.
 
-            await _all_or_first_error([fetch(i) for i in missing])
-            progress.finish()
-            await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(image_id, chain[-1]),
-                                      timeout=self._config.pull_timeout)
-            return await self._store.add(compose_record(resolved, chain), self.pause_names)
+        Until the image's own reference is set at the end, nothing else keeps them: removing
+        another image that shares them would let storaged collect them under us, and our
+        first missing layer would then wait for a parent that never comes. The hold is a
+        reference of a key of this pull's own; the next sync_images drops it if imaged dies
+        before releasing it (a sync never runs while a pull is in progress).
+        """
+        if not any(present) or all(present):
+            yield  # nothing to protect, or nothing to download: the image's reference comes next
+            return
+        key = f"{PULL_HOLD_PREFIX}{uuid.uuid4().hex}"
+        # A stored chain ID implies its whole chain, so the top stored layer holds them all.
+        top = max(i for i, stored in enumerate(present) if stored)
+        await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(key, chain[top]),
+                                  timeout=self._config.pull_timeout)
+        try:
+            yield
+        finally:
+            try:
+                await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(key, ""),
+                                          timeout=self._config.pull_timeout)
+            except Exception as exc:  # storaged gone or imaged stopping: the next sync drops it
+                log.warning("releasing pull hold %s failed (%s); the next sync drops it", key, exc)
+
+    async def _present(self, chain: tuple[str, ...]) -> tuple[bool, ...]:
+        answer = await self._storaged.call(HAS_LAYERS, HasLayersRequest(chain), timeout=self._config.pull_timeout)
+        if len(answer.present) != len(chain):
+            raise Internal(f"storaged answered has_layers for {len(answer.present)} of {len(chain)} layers")
+        return tuple(answer.present)
+
+    async def _lost(self, chain: tuple[str, ...], present: tuple[bool, ...]) -> bool:
+        """Whether a layer that was stored at `present` is gone now."""
+        try:
+            now = await self._present(chain)
+        except CriplexError:
+            return False
+        return any(was and not still for was, still in zip(present, now, strict=True))
+
+    async def _fetch_missing(self, image: str, resolved: ResolvedImage, chain: tuple[str, ...],
+                             present: tuple[bool, ...]) -> None:
+        layers, config = resolved.manifest.layers, resolved.config
+        missing = [i for i, stored in enumerate(present) if not stored]
+        progress = Progress(image, len(missing), sum(layers[i].size for i in missing), self._publish)
+        progress.finish()
+        downloads = asyncio.Semaphore(self._config.max_concurrent_downloads)
+
+        async def fetch(i: int) -> None:
+            parent = chain[i - 1] if i else ""
+            await self._layers.ensure(resolved.client, layers[i], chain[i], parent, config.diff_ids[i],
+                                      downloads, progress.add_bytes)
+            progress.layer_done()
+
+        await _all_or_first_error([fetch(i) for i in missing])
+        progress.finish()
 
 
 def compose_record(resolved: ResolvedImage, chain: tuple[str, ...]) -> ImageRecord:
@@ -143,7 +217,9 @@ def compose_record(resolved: ResolvedImage, chain: tuple[str, ...]) -> ImageReco
         id=manifest.config.digest,
         repo_tags=tags,
         repo_digests=(f"{name.name}@{resolved.top_digest}",),
-        size=sum(layer.size for layer in manifest.layers) + manifest.config.size,
+        # Each size is at most 2^63-1 (manifest.py), but a manifest may list layers that are
+        # never downloaded (already stored): keep the sum inside the CRI's and msgpack's range.
+        size=min(INT64_MAX, sum(layer.size for layer in manifest.layers) + manifest.config.size),
         manifest_digest=resolved.manifest_digest,
         manifest_media_type=manifest.media_type,
         config_digest=manifest.config.digest,

@@ -129,15 +129,20 @@ class ImagedService:
             record = self._find(request.image)
             if record is None:
                 return RemoveImageResponse()  # already gone: RemoveImage is idempotent
-            await self._store.delete(record.id)
-            log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags) or "untagged")
-            try:
-                await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(record.id, ""))
-            except CriplexError as exc:
-                # The record is gone, so the next sync_images (storaged reconnect or our restart)
-                # drops the reference; failing here would only make the kubelet retry a no-op.
-                log.warning("releasing layers of %s in storaged failed (%s); the next sync drops them",
-                            record.id, exc.message)
+            # A pull of this image sets storaged's reference and then writes the record under the
+            # same lock: the release below can never fall between the two.
+            async with self._store.image_lock(record.id):
+                if self._store.get(record.id) is None:
+                    return RemoveImageResponse()  # removed by a concurrent call meanwhile
+                await self._store.delete(record.id)
+                log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags) or "untagged")
+                try:
+                    await self._storaged.call(SET_IMAGE_LAYERS, ImageLayersRequest(record.id, ""))
+                except CriplexError as exc:
+                    # The record is gone, so the next sync_images (storaged reconnect or our restart)
+                    # drops the reference; failing here would only make the kubelet retry a no-op.
+                    log.warning("releasing layers of %s in storaged failed (%s); the next sync drops them",
+                                record.id, exc.message)
         return RemoveImageResponse()
 
     # -- internals --------------------------------------------------------------------------------

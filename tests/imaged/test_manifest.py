@@ -82,6 +82,7 @@ def test_schema1_is_refused_clearly():
         (manifest_json(schemaVersion=3), DataLoss),
         (manifest_json(layers=((GZ, "sha256:short", 1),)), DataLoss),
         (manifest_json(layers=((GZ, A, -1),)), DataLoss),
+        (manifest_json(layers=((GZ, A, 2**63),)), DataLoss),  # image-spec sizes are int64
         (manifest_json(layers=(("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", A, 1),)),
          FailedPrecondition),
         (manifest_json(layers=(("application/x-weird", A, 1),)), FailedPrecondition),
@@ -172,7 +173,12 @@ def test_bad_configs_are_data_loss(body):
 @pytest.mark.parametrize(
     ("user", "expected"),
     [("", (None, "")), ("0", (0, "")), ("1000:1000", (1000, "")), ("nginx", (None, "nginx")),
-     ("www-data:www-data", (None, "www-data")), ("nobody:65534", (None, "nobody"))],
+     ("www-data:www-data", (None, "www-data")), ("nobody:65534", (None, "nobody")),
+     # Only ASCII digits within the CRI's Int64Value are a uid (containerd's ParseInt): "²" is a
+     # digit to str.isdigit() yet int() refuses it (the pull failed INTERNAL), and a larger number
+     # broke every ListImages (protobuf and msgpack overflow). Both are names then.
+     ("²", (None, "²")), ("١٢", (None, "١٢")), (str(2**63 - 1), (2**63 - 1, "")),
+     ("99999999999999999999:5", (None, "99999999999999999999"))],
 )
 def test_user_ids(user, expected):
     assert user_ids(user) == expected

@@ -69,18 +69,24 @@ def policy(registry: Registry) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
-def images(registry: Registry, auth_registry: Registry, tmp_path_factory) -> Iterator[ImageRuntime]:
-    etc = tmp_path_factory.mktemp("containers")
+def image_runtime(registry: Registry, auth_registry: Registry, etc: Path, extra_toml: str = "",
+                  imaged_toml: str = "") -> Iterator[ImageRuntime]:
+    """A started criplex using `etc` for its containers files; `extra_toml` adds other tables,
+    `imaged_toml` more [imaged] keys."""
     conf = etc / "registries.conf"
     conf.write_text(registries_conf(registry, auth_registry))
     (etc / "policy.json").write_text(json.dumps(policy(registry)))
     extra = (f'[imaged]\nregistries_conf = "{conf}"\nregistries_conf_d = "{etc}/registries.conf.d"\n'
              f'policy = "{etc}/policy.json"\nauth_file = "{etc}/auth.json"\ncerts_dir = "{etc}/certs.d"\n'
-             f'pause_image = "{registry.host}/criplex-test/pause:3.9"\n')
+             f'pause_image = "{registry.host}/criplex-test/pause:3.9"\n{imaged_toml}{extra_toml}')
     run = CriplexRun(extra_toml=extra)
     try:
         run.start()
         yield ImageRuntime(run, conf, registry, auth_registry)
     finally:
         run.stop()
+
+
+@pytest.fixture(scope="module")
+def images(registry: Registry, auth_registry: Registry, tmp_path_factory) -> Iterator[ImageRuntime]:
+    yield from image_runtime(registry, auth_registry, tmp_path_factory.mktemp("containers"))
