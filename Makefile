@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 APT_RUNTIME := runc conmon containernetworking-plugins iproute2 iptables
 # What the tests need on top: a real registry, busybox to build images from, tools for auth/TLS fixtures.
 APT_TEST := $(APT_RUNTIME) docker-registry busybox-static apache2-utils openssl zstd
+# The reference runtime the benchmarks compare with.
+APT_BENCH := $(APT_TEST) containerd
 
-.PHONY: up test lint venv deps-runtime deps-test proto bench clean-venv
+.PHONY: up test lint venv deps-runtime deps-test deps-bench proto bench clean-venv
 
 up: deps-runtime venv
 	$(VENV)/bin/criplex up
@@ -19,7 +21,7 @@ test: deps-test venv
 lint: venv
 	$(PY) -m ruff check .
 
-bench: deps-test venv
+bench: deps-bench venv
 	$(PY) -m bench
 
 venv: $(VENV)/.installed
@@ -37,6 +39,10 @@ deps-runtime:
 
 deps-test:
 	@missing=$$(for p in $(APT_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+deps-bench:
+	@missing=$$(for p in $(APT_BENCH); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 proto: venv

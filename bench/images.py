@@ -18,7 +18,7 @@ from tests.support.push import push
 from tests.support.registry import Registry
 from tests.support.runtime import CriplexRun
 
-ROUNDS = 3
+ROUNDS = 5
 LIST_IMAGES = 200
 
 
@@ -81,6 +81,8 @@ def run(criplex_base: CriplexRun) -> None:
         daemons = [criplex.daemon_pid("imaged"), criplex.daemon_pid("storaged")]
         big_ref, small_ref = f"{registry.host}/bench/big:1", f"{registry.host}/bench/busybox:1"
         # Both images share the busybox layer: each pull starts with neither image stored.
+        for socket in (str(criplex.socket), str(containerd.socket)):
+            _pull(socket, small_ref, (small_ref,))  # warm-up: connections, threads, caches, both runtimes
         for name, ref in ((f"~{size_mb:.0f} MB, 4 incompressible layers + busybox", big_ref),
                           ("busybox", small_ref)):
             for runtime, socket, pids in (("criplex", str(criplex.socket), daemons),
