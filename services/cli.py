@@ -29,10 +29,12 @@ def supervisor_env(config: Config, config_file: str | None) -> dict[str, str]:
     return env
 
 
+def supervisorctl_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(DEPLOY_DIR / "supervisord.conf"), *args]
+
+
 def _supervisorctl(config: Config, *args: str) -> int:
-    conf = DEPLOY_DIR / "supervisord.conf"
-    env = supervisor_env(config, None)
-    return subprocess.call([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args], env=env)
+    return subprocess.call(supervisorctl_argv(*args), env=supervisor_env(config, None))
 
 
 def cmd_up(config: Config, config_file: str | None) -> int:

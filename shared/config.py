@@ -61,6 +61,8 @@ class GatewayConfig:
 @dataclass(frozen=True)
 class TransportConfig:
     workers: int = 64
+    # One ceiling for every nng socket and the gRPC server: manifests and configs fit
+    # easily, while a runaway or hostile peer cannot make a receiver allocate without bound.
     max_message_bytes: int = 16 * 1024 * 1024
     reconnect_min_ms: int = 10
     reconnect_max_ms: int = 250
@@ -172,10 +174,6 @@ class Config:
         if service == "storaged" and self.storaged.root:
             return Path(self.storaged.root)
         return Path(self.paths.state_dir) / service
-
-    @property
-    def supervisor_socket(self) -> Path:
-        return Path(self.paths.run_dir) / "supervisord.sock"
 
     def to_toml(self) -> str:
         return toml.dumps(to_plain(self))

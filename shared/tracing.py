@@ -60,11 +60,6 @@ class Tracing:
             return _NOOP
         return self._tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT)
 
-    def span(self, name: str) -> AbstractContextManager[object]:
-        if self._tracer is None:
-            return _NOOP
-        return self._tracer.start_as_current_span(name)
-
     def traceparent(self) -> str:
         """The W3C traceparent of the current span, or "" when there is none."""
         if self._tracer is None:

@@ -22,9 +22,6 @@ from shared.errors import CriplexError, InvalidArgument, from_wire
 from shared.typed import ShapeError, from_plain, to_plain
 
 VERSION = 1
-# One ceiling for every socket: manifests and config blobs fit easily, while a
-# runaway or hostile peer cannot make the receiver allocate without bound.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from services.cli import supervisor_env, supervisorctl_argv
+from shared.config import load_config
 from shared.cri import api_pb2
 from shared.cri.client import CriClient
 
@@ -87,12 +89,8 @@ class CriplexRun:
             return False
 
     def supervisorctl(self, *args: str) -> str:
-        env = dict(os.environ, CRIPLEX_PYTHON=sys.executable, CRIPLEX_RUN_DIR=str(self.run_dir),
-                   CRIPLEX_LOG_DIR=str(self.log_dir))
-        out = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(REPO / "deploy/supervisord.conf"), *args],
-            env=env, capture_output=True, text=True, timeout=60,
-        )
+        env = supervisor_env(load_config(str(self.config_file)), None)
+        out = subprocess.run(supervisorctl_argv(*args), env=env, capture_output=True, text=True, timeout=60)
         return out.stdout + out.stderr
 
     def daemon_pid(self, service: str) -> int:
