@@ -9,6 +9,7 @@ so an error names the file, the key and what was expected; unknown keys are erro
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class GatewayConfig:
     socket: str = ""  # empty: <run_dir>/criplex.sock
     socket_mode: str = "0660"
     default_timeout: float = 120.0
+    # How often the reconciler looks for leftovers of interrupted creates and removes.
+    reconcile_interval: float = 30.0
 
     def __post_init__(self) -> None:
         _check(self.socket == "" or self.socket.startswith("/"), "gateway.socket", "an absolute path",
@@ -56,6 +59,7 @@ class GatewayConfig:
         _check(len(self.socket_mode) in (3, 4) and all(c in "01234567" for c in self.socket_mode),
                "gateway.socket_mode", "an octal mode string like \"0660\"", self.socket_mode)
         _check(self.default_timeout > 0, "gateway.default_timeout", "seconds > 0", self.default_timeout)
+        _check(self.reconcile_interval > 0, "gateway.reconcile_interval", "seconds > 0", self.reconcile_interval)
 
 
 @dataclass(frozen=True)
@@ -133,15 +137,59 @@ class RuntimeHandler:
     root: str = ""  # empty: <run_dir>/runtimes/<handler>
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "67108864", "64m", "64Mi" or "1g" (binary units); ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgKMG]?)(?:i?[bB]?)\s*", text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
 @dataclass(frozen=True)
 class MonitordConfig:
     conmon: str = "/usr/bin/conmon"
     default_runtime: str = "runc"
     runtimes: dict[str, RuntimeHandler] = field(default_factory=lambda: {"runc": RuntimeHandler()})
+    cgroup_manager: str = "cgroupfs"  # or "systemd"
+    default_cgroup_parent: str = "/criplex"  # for pods whose config names no cgroup_parent
+    shm_size: str = "64m"  # a pod's /dev/shm tmpfs: bytes, or with a k/m/g suffix
+    hooks_dirs: tuple[str, ...] = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
+    log_size_max: int = -1  # bytes after which conmon truncates a container log; -1 = unlimited
+    create_timeout: float = 60.0  # seconds conmon may take to report a created container
 
     def __post_init__(self) -> None:
         _check(self.default_runtime in self.runtimes, "monitord.default_runtime",
                f"a handler of monitord.runtimes ({', '.join(self.runtimes)})", self.default_runtime)
+        _check(self.cgroup_manager in ("cgroupfs", "systemd"), "monitord.cgroup_manager",
+               "\"cgroupfs\" or \"systemd\"", self.cgroup_manager)
+        if self.cgroup_manager == "cgroupfs":
+            _check(self.default_cgroup_parent.startswith("/"), "monitord.default_cgroup_parent",
+                   "an absolute cgroup path like \"/criplex\"", self.default_cgroup_parent)
+        else:
+            _check(self.default_cgroup_parent.endswith(".slice"), "monitord.default_cgroup_parent",
+                   "a systemd slice like \"criplex.slice\"", self.default_cgroup_parent)
+        try:
+            shm = parse_size(self.shm_size)
+        except ValueError:
+            shm = 0
+        _check(shm > 0, "monitord.shm_size", "a size like \"64m\" or a byte count", self.shm_size)
+        _check(all(d.startswith("/") for d in self.hooks_dirs), "monitord.hooks_dirs", "absolute paths",
+               self.hooks_dirs)
+        _check(self.log_size_max == -1 or self.log_size_max >= 8192, "monitord.log_size_max",
+               "-1 (unlimited) or at least 8192 bytes", self.log_size_max)
+        _check(self.create_timeout > 0, "monitord.create_timeout", "seconds > 0", self.create_timeout)
+        for name, handler in self.runtimes.items():
+            _check(handler.path.startswith("/"), f"monitord.runtimes.{name}.path", "an absolute path",
+                   handler.path)
+            _check(handler.root == "" or handler.root.startswith("/"), f"monitord.runtimes.{name}.root",
+                   "an absolute path", handler.root)
+
+    def runtime_root(self, handler: str, run_dir: str) -> str:
+        """The runtime's --root for `handler`: its configured root, else <run_dir>/runtimes/<handler>."""
+        return self.runtimes[handler].root or os.path.join(run_dir, "runtimes", handler)
 
 
 @dataclass(frozen=True)

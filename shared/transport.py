@@ -1,8 +1,7 @@
-"""nng transport between the gateway and the daemons.
+"""nng request/reply between the gateway and the daemons.
 
 Request/reply uses nng's REQ/REP protocols in *raw* mode, driven from the asyncio
-event loop through the sockets' pollable descriptors (NNG_OPT_RECVFD/SENDFD) with
-non-blocking sends and receives. Why:
+event loop through the sockets' pollable descriptors (`shared.nngio`). Why:
 - Cooked REQ resends an outstanding request when its pipe goes away, so a
   CreateContainer could run twice on a restarted daemon. Raw REQ never resends:
   when the pipe to a daemon is removed, the client fails every call in flight at
@@ -14,43 +13,64 @@ non-blocking sends and receives. Why:
   own task (bounded by `transport.workers`) and replies carry the request's
   backtrace header, so answers may leave in any order.
 
+Each daemon listens on two sockets. The main one carries its methods and stops being
+read while `transport.workers` requests run, so further requests wait in nng, not in
+memory. The control one (`<service>.control.sock`) carries only `health` and
+cancellations and is never paused: a daemon busy with slow calls still answers its
+health, and a cancellation reaches a handler even when the daemon reads no new work.
+
+Cancellation crosses the hop: every request carries a call id (the client's random
+token and the request id). When the caller's task is cancelled, or its timeout expires,
+the client sends `$cancel` naming that id, and the daemon cancels the handler's task, or,
+if the request is still queued, drops it unanswered when it arrives.
+
 nng is not fork-safe: daemons start children only with fork+exec (asyncio
 subprocesses), never a bare fork. Every socket sets a maximum message size.
 
-Pub/sub: a daemon publishes on its own PUB socket; subscribers dial, and are told
-each time their pipe (re)connects so they can resynchronise what they missed.
+Pub/sub is in `shared.events` (re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import os
-import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pynng
-from pynng._nng import ffi, lib
+from pynng._nng import lib
 
 from shared.config import Config
-from shared.errors import CriplexError, DeadlineExceeded, Internal, Unavailable, Unimplemented
+from shared.errors import (
+    CriplexError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from shared.events import EventPublisher, EventSubscriber
+from shared.nngio import QUEUE_DEPTH, LoopSocket, PipeWatch, listen, prepare_ipc_dir
+from shared.schema.common import HEALTH
 from shared.tracing import Tracing, record_error
 from shared.wire import (
     Method,
-    decode_event,
+    Request,
     decode_request,
     decode_response,
     encode_error,
-    encode_event,
     encode_request,
     encode_response,
     parse,
 )
+
+__all__ = ["CANCEL", "CancelRequest", "DaemonClient", "DaemonServer", "EventPublisher", "EventSubscriber",
+           "control_address", "prepare_ipc_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -58,227 +78,151 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any], Awaitable[Any]]
 
-# How long a call waits for a pipe that is not there yet: about one reconnect
-# interval, so a daemon that just came back is reached and a dead one fails fast.
-_CONNECT_GRACE_S = 0.3
-# Messages nng may queue per socket.
-_QUEUE_DEPTH = 1024
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """Stop the call the same client sent with this call id; answered by no reply."""
+
+    call: bytes
 
 
-def prepare_ipc_dir(config: Config) -> None:
-    """Create the ipc directory root-only: its permissions are the sockets' access control."""
-    path = config.ipc_dir
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
-        raise Internal(f"{path} must be owned by uid {os.getuid()} with mode 0700")
+CANCEL = Method("$cancel", CancelRequest, CancelRequest)
+
+# Methods that travel the control lane when the daemon has one.
+_CONTROL_METHODS = frozenset({HEALTH.name})
+# Control-lane requests running at once; past that they are refused, never queued: the lane
+# must stay readable.
+_CONTROL_WORKERS = 64
+# Cancellations of requests not seen yet, kept until the request's deadline; at most this many.
+_TOMBSTONES = 4096
+# The least time a call waits for a pipe that is not there yet (see connect_grace).
+_MIN_CONNECT_GRACE_S = 0.3
 
 
-def _listen(sock: pynng.Socket, address: str) -> None:
-    # A socket file left by a killed daemon would make the listen fail.
-    Path(address.removeprefix("ipc://")).unlink(missing_ok=True)
-    sock.listen(address)
+def control_address(config: Config, service: str) -> str:
+    return config.ipc_address(f"{service}.control")
 
 
-class _LoopSocket:
-    """A raw nng socket driven from the event loop thread.
-
-    Receives poll the socket's RECVFD and drain with non-blocking nng_recvmsg.
-    Sends are submitted as nng aios without a callback and reaped later: a
-    synchronous send waits for nng's own threads (≈100 µs), and a callback would
-    run Python on an nng thread.
-    """
-
-    _REAP_INTERVAL_S = 0.5
-
-    def __init__(self, sock: pynng.Socket, on_message: Callable[[bytes, bytes], None]) -> None:
-        self._sock = sock
-        self._on_message = on_message
-        self._loop = asyncio.get_running_loop()
-        self._recv_fd = sock.recv_fd
-        self._sending: collections.deque[Any] = collections.deque()
-        self._reaper: asyncio.TimerHandle | None = None
-        self._paused = False
-        self._loop.add_reader(self._recv_fd, self._readable)
-
-    def pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self._loop.remove_reader(self._recv_fd)
-
-    def resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._loop.add_reader(self._recv_fd, self._readable)
-            self._loop.call_soon(self._readable)
-
-    def _readable(self) -> None:
-        msg_p = ffi.new("nng_msg **")
-        while not self._paused:
-            rv = lib.nng_recvmsg(self._sock.socket, msg_p, lib.NNG_FLAG_NONBLOCK)
-            if rv == lib.NNG_EAGAIN:
-                return
-            if rv != 0:
-                self._loop.remove_reader(self._recv_fd)
-                return
-            msg = msg_p[0]
-            header = bytes(ffi.buffer(lib.nng_msg_header(msg), lib.nng_msg_header_len(msg)))
-            body = bytes(ffi.buffer(lib.nng_msg_body(msg), lib.nng_msg_len(msg)))
-            lib.nng_msg_free(msg)
-            self._on_message(header, body)
-
-    def send(self, header: bytes, body: bytes) -> None:
-        msg_p = ffi.new("nng_msg **")
-        aio_p = ffi.new("nng_aio **")
-        if lib.nng_msg_alloc(msg_p, 0) != 0 or lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL) != 0:
-            raise Internal("nng: out of memory")
-        msg, aio = msg_p[0], aio_p[0]
-        lib.nng_msg_header_append(msg, header, len(header))
-        lib.nng_msg_append(msg, body, len(body))
-        lib.nng_aio_set_msg(aio, msg)
-        lib.nng_send_aio(self._sock.socket, aio)
-        self._sending.append(aio)
-        self._reap()
-
-    def cancel_sends(self) -> None:
-        """Withdraw messages nng has not delivered yet (their peer is gone)."""
-        for aio in self._sending:
-            lib.nng_aio_cancel(aio)
-        self._reap()
-
-    def _reap(self) -> None:
-        self._reaper = None
-        while self._sending and not lib.nng_aio_busy(self._sending[0]):
-            aio = self._sending.popleft()
-            if lib.nng_aio_result(aio) != 0:
-                # Not delivered: nng leaves the message with us.
-                msg = lib.nng_aio_get_msg(aio)
-                if msg != ffi.NULL:
-                    lib.nng_msg_free(msg)
-            lib.nng_aio_free(aio)
-        if self._sending and self._reaper is None:
-            self._reaper = self._loop.call_later(self._REAP_INTERVAL_S, self._reap)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._recv_fd)
-        if self._reaper is not None:
-            self._reaper.cancel()
-        for aio in self._sending:
-            lib.nng_aio_stop(aio)  # cancels and waits: the aio is idle after this
-            msg = lib.nng_aio_get_msg(aio) if lib.nng_aio_result(aio) != 0 else ffi.NULL
-            if msg != ffi.NULL:
-                lib.nng_msg_free(msg)
-            lib.nng_aio_free(aio)
-        self._sending.clear()
+def connect_grace(config: Config) -> float:
+    """How long a call waits for a missing pipe: past one redial interval, so a daemon that just
+    came back is reached and a dead one fails fast."""
+    return max(_MIN_CONNECT_GRACE_S, 1.5 * config.transport.reconnect_max_ms / 1000)
 
 
-class _PipeWatch:
-    """Counts a socket's pipes and tells the event loop when they come and go.
+class _Lane:
+    """One REQ socket of a client, with the calls waiting for their replies on it."""
 
-    nng calls pipe callbacks on its own threads; everything here hops onto the loop.
-    """
-
-    def __init__(self, sock: pynng.Socket) -> None:
-        self.count = 0
-        self.connected = asyncio.Event()
-        self.on_connect: list[Callable[[], None]] = []
-        self.on_remove: list[Callable[[], None]] = []
-        loop = asyncio.get_running_loop()
-        sock.add_post_pipe_connect_cb(lambda _pipe: self._hop(loop, self._added))
-        sock.add_post_pipe_remove_cb(lambda _pipe: self._hop(loop, self._removed))
-
-    @staticmethod
-    def _hop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(fn)
-
-    def _added(self) -> None:
-        self.count += 1
-        self.connected.set()
-        for cb in self.on_connect:
-            cb()
-
-    def _removed(self) -> None:
-        self.count = max(0, self.count - 1)
-        if self.count == 0:
-            self.connected.clear()
-        for cb in self.on_remove:
-            cb()
-
-
-class DaemonClient:
-    """The gateway's handle on one daemon: typed calls with deadlines and fail-fast."""
-
-    def __init__(self, service: str, config: Config, tracing: Tracing) -> None:
+    def __init__(self, service: str, address: str, config: Config) -> None:
         self.service = service
-        self._tracing = tracing
-        self._default_timeout = config.gateway.default_timeout
-        self._sock = pynng.Socket(
+        self.sock = pynng.Socket(
             opener=lib.nng_req0_open_raw,
             recv_max_size=config.transport.max_message_bytes,
-            send_buffer_size=_QUEUE_DEPTH,
-            recv_buffer_size=_QUEUE_DEPTH,
+            send_buffer_size=QUEUE_DEPTH,
+            recv_buffer_size=QUEUE_DEPTH,
             reconnect_time_min=config.transport.reconnect_min_ms,
             reconnect_time_max=config.transport.reconnect_max_ms,
         )
-        self._pipes = _PipeWatch(self._sock)
-        self._pipes.on_remove.append(self._fail_pending)
-        self._io = _LoopSocket(self._sock, self._on_reply)
-        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
-        # REQ request ids have the high bit set (nng's wire format for REQ/REP).
-        self._ids = (0x80000000 | (n & 0x7FFFFFFF) for n in itertools.count(int.from_bytes(os.urandom(3))))
-        self._sock.dial(config.ipc_address(service), block=False)
-
-    @property
-    def connected(self) -> bool:
-        return self._pipes.count > 0
-
-    def on_connect(self, callback: Callable[[], None]) -> None:
-        self._pipes.on_connect.append(callback)
+        self.pipes = PipeWatch(self.sock)
+        self.pipes.on_remove.append(self._fail_pending)
+        self.io = LoopSocket(self.sock, self._on_reply)
+        self.pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self.sock.dial(address, block=False)
 
     def _on_reply(self, header: bytes, body: bytes) -> None:
-        future = self._pending.get(header[-4:])
+        future = self.pending.get(header[-4:])
         if future is not None and not future.done():
             future.set_result(body)
 
     def _fail_pending(self) -> None:
         # Our only pipe went away with every request in flight: they will never be
         # answered, and raw REQ will not resend them to a restarted daemon.
-        if self.connected:
+        if self.pipes.count > 0:
             return
-        self._io.cancel_sends()
-        for future in self._pending.values():
+        self.io.cancel_sends()
+        for future in self.pending.values():
             if not future.done():
                 future.set_exception(Unavailable(f"{self.service} went away during the call"))
 
+    def close(self) -> None:
+        self.io.close()
+        self.sock.close()
+
+
+class DaemonClient:
+    """The gateway's handle on one daemon: typed calls with deadlines, fail-fast and cancellation."""
+
+    def __init__(self, service: str, config: Config, tracing: Tracing) -> None:
+        self.service = service
+        self._tracing = tracing
+        self._default_timeout = config.gateway.default_timeout
+        self._connect_grace = connect_grace(config)
+        self._main = _Lane(service, config.ipc_address(service), config)
+        self._control = _Lane(service, control_address(config, service), config)
+        # A call id is this token and the request id: unique across the daemon's clients.
+        self._token = os.urandom(8)
+        # REQ request ids have the high bit set (nng's wire format for REQ/REP).
+        self._ids = (0x80000000 | (n & 0x7FFFFFFF) for n in itertools.count(int.from_bytes(os.urandom(3))))
+
+    @property
+    def connected(self) -> bool:
+        return self._main.pipes.count > 0
+
+    @property
+    def control_connected(self) -> bool:
+        """Whether the daemon's control lane (health, cancellations) is connected; an older daemon has none."""
+        return self._control.pipes.count > 0
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        self._main.pipes.on_connect.append(callback)
+
     async def call(self, method: Method[Req, Resp], args: Req, timeout: float | None = None) -> Resp:
-        """Call `method` on the daemon; raise its typed error, Unavailable or DeadlineExceeded."""
+        """Call `method` on the daemon; raise its typed error, Unavailable or DeadlineExceeded.
+
+        If the calling task is cancelled or the timeout expires, the daemon's handler is cancelled too.
+        """
         timeout = self._default_timeout if timeout is None else timeout
         with self._tracing.client_span(f"{self.service}/{method.name}"):
             if not self.connected:
                 try:
-                    await asyncio.wait_for(self._pipes.connected.wait(), min(timeout, _CONNECT_GRACE_S))
+                    await asyncio.wait_for(self._main.pipes.connected.wait(), min(timeout, self._connect_grace))
                 except TimeoutError:
                     raise Unavailable(f"{self.service} is not running (no connection)") from None
+            lane = self._main
+            # A daemon of an older version has no control lane: its health goes the main way.
+            if method.name in _CONTROL_METHODS and self._control.pipes.count > 0:
+                lane = self._control
             request_id = next(self._ids).to_bytes(4, "big")
-            payload = encode_request(method, time.time() + timeout, self._tracing.traceparent(), args)
+            call_id = self._token + request_id
+            deadline = time.time() + timeout
+            payload = encode_request(method, deadline, self._tracing.traceparent(), args, call_id)
             loop = asyncio.get_running_loop()
             future: asyncio.Future[bytes] = loop.create_future()
             # A timer on the future itself: cheaper than an asyncio.timeout scope per call.
             timer = loop.call_later(timeout, _expire, future, self.service, method.name, timeout)
-            self._pending[request_id] = future
+            lane.pending[request_id] = future
             try:
-                self._io.send(request_id, payload)
+                lane.io.send(request_id, payload)
                 body = await future
+            except (asyncio.CancelledError, DeadlineExceeded):
+                self._cancel(call_id, deadline)
+                raise
             finally:
                 timer.cancel()
-                del self._pending[request_id]
+                del lane.pending[request_id]
             return decode_response(body, method)
 
+    def _cancel(self, call_id: bytes, deadline: float) -> None:
+        # The control lane is read even when the daemon's workers are all busy; without it
+        # (an older daemon, or one going away), the main lane still reaches an idle daemon.
+        lane = self._control if self._control.pipes.count > 0 else self._main
+        if lane.pipes.count == 0:
+            return
+        lane.io.send(next(self._ids).to_bytes(4, "big"),
+                     encode_request(CANCEL, deadline, "", CancelRequest(call_id)))
+
     def close(self) -> None:
-        self._io.close()
-        self._sock.close()
+        self._main.close()
+        self._control.close()
 
 
 def _expire(future: asyncio.Future[bytes], service: str, method: str, timeout: float) -> None:
@@ -295,29 +239,43 @@ class DaemonServer:
         self._tracing = tracing
         self._handlers: dict[str, tuple[Method[Any, Any], Handler]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._io: _LoopSocket | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[bytes, asyncio.Task[Any]] = {}
+        # Call id -> deadline of cancellations that arrived before their request.
+        self._tombstones: dict[bytes, float] = {}
+        self._io: LoopSocket | None = None
+        self._control_io: LoopSocket | None = None
 
     def register(self, method: Method[Req, Resp], handler: Callable[[Req], Awaitable[Resp]]) -> None:
-        if method.name in self._handlers:
-            raise ValueError(f"{method.name} registered twice")
+        if method.name in self._handlers or method.name == CANCEL.name:
+            raise ValueError(f"{method.name} registered twice or reserved")
         self._handlers[method.name] = (method, handler)
 
     async def serve(self) -> None:
         """Listen and serve until cancelled."""
         prepare_ipc_dir(self._config)
         address = self._config.ipc_address(self.service)
-        sock = pynng.Socket(opener=lib.nng_rep0_open_raw, recv_max_size=self._config.transport.max_message_bytes,
-                            send_buffer_size=_QUEUE_DEPTH, recv_buffer_size=_QUEUE_DEPTH)
-        _listen(sock, address)
-        self._io = _LoopSocket(sock, self._on_request)
-        log.info("%s serving on %s", self.service, address)
+        sock = self._rep_socket()
+        control = self._rep_socket()
         try:
+            listen(sock, address)
+            listen(control, control_address(self._config, self.service))
+            self._io = LoopSocket(sock, self._on_request)
+            self._control_io = LoopSocket(control, self._on_control)
+            log.info("%s serving on %s", self.service, address)
             await asyncio.Future()  # until cancelled
         finally:
-            self._io.close()
-            for task in list(self._tasks):
+            for io in (self._io, self._control_io):
+                if io is not None:
+                    io.close()
+            for task in [*self._tasks, *self._control_tasks]:
                 task.cancel()
             sock.close()
+            control.close()
+
+    def _rep_socket(self) -> pynng.Socket:
+        return pynng.Socket(opener=lib.nng_rep0_open_raw, recv_max_size=self._config.transport.max_message_bytes,
+                            send_buffer_size=QUEUE_DEPTH, recv_buffer_size=QUEUE_DEPTH)
 
     def _on_request(self, header: bytes, body: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(header, body))
@@ -332,19 +290,83 @@ class DaemonServer:
             self._io.resume()
 
     async def _answer(self, header: bytes, body: bytes) -> None:
-        reply = await self._execute(body)
-        if self._io is not None:
-            self._io.send(header, reply)
-
-    async def _execute(self, body: bytes) -> bytes:
         try:
             request = decode_request(body)
         except CriplexError as exc:
-            return encode_error(exc)
+            reply: bytes | None = encode_error(exc)
+        else:
+            reply = await self._dispatch(request)
+        if reply is not None and self._io is not None:
+            self._io.send(header, reply)
+
+    def _on_control(self, header: bytes, body: bytes) -> None:
+        # Runs inline on every message, and never pauses: this lane must always be read.
+        assert self._control_io is not None
+        try:
+            request = decode_request(body)
+        except CriplexError as exc:
+            self._control_io.send(header, encode_error(exc))
+            return
+        if request.method == CANCEL.name:
+            self._cancel(request)
+        elif request.method not in _CONTROL_METHODS:
+            self._control_io.send(header, encode_error(FailedPrecondition(
+                f"{request.method!r} does not travel {self.service}'s control lane")))
+        elif len(self._control_tasks) >= _CONTROL_WORKERS:
+            self._control_io.send(header, encode_error(ResourceExhausted(
+                f"{self.service}: too many control requests at once")))
+        else:
+            task = asyncio.get_running_loop().create_task(self._answer_control(header, request))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+
+    async def _answer_control(self, header: bytes, request: Request) -> None:
+        reply = await self._dispatch(request)
+        if reply is not None and self._control_io is not None:
+            self._control_io.send(header, reply)
+
+    def _cancel(self, request: Request) -> None:
+        try:
+            call = parse(CancelRequest, request.args, CANCEL.name).call
+        except CriplexError as exc:
+            log.warning("%s: bad cancellation ignored: %s", self.service, exc.message)
+            return
+        task = self._running.get(call)
+        if task is not None:
+            log.debug("%s: a call is cancelled by its caller", self.service)
+            task.cancel()
+            return
+        # Not running: answered already, or still waiting in nng behind busy workers.
+        if len(self._tombstones) >= _TOMBSTONES:
+            now = time.time()
+            self._tombstones = {c: d for c, d in self._tombstones.items() if d > now}
+            while len(self._tombstones) >= _TOMBSTONES:
+                del self._tombstones[next(iter(self._tombstones))]
+        self._tombstones[call] = request.deadline
+
+    async def _dispatch(self, request: Request) -> bytes | None:
+        """Run one request; None means it was cancelled by its caller and gets no reply."""
+        if request.method == CANCEL.name:  # an older client's, or one without a control lane
+            self._cancel(request)
+            return None
         entry = self._handlers.get(request.method)
         if entry is None:
             return encode_error(Unimplemented(f"{self.service} has no method {request.method!r}"))
-        method, handler = entry
+        call = request.call
+        if call:
+            if self._tombstones and self._tombstones.pop(call, None) is not None:
+                log.debug("%s: %s cancelled before it started", self.service, request.method)
+                return None
+            task = asyncio.current_task()
+            assert task is not None
+            self._running[call] = task
+        try:
+            return await self._execute(request, *entry)
+        finally:
+            if call:
+                self._running.pop(call, None)
+
+    async def _execute(self, request: Request, method: Method[Any, Any], handler: Handler) -> bytes:
         with self._tracing.server_span(f"{self.service}/{method.name}", request.traceparent):
             try:
                 args = parse(method.request, request.args, method.name)
@@ -364,58 +386,3 @@ class DaemonServer:
                 record_error(exc)
                 log.exception("%s: %s failed", self.service, method.name)
                 return encode_error(Internal(f"{method.name}: {type(exc).__name__}: {exc}"))
-
-
-class EventPublisher:
-    """A daemon's PUB socket; publishing never blocks (nng drops for slow subscribers)."""
-
-    def __init__(self, service: str, config: Config) -> None:
-        prepare_ipc_dir(config)
-        self._sock = pynng.Pub0()
-        _listen(self._sock, config.events_address(service))
-
-    def publish(self, topic: str, payload: object) -> None:
-        self._sock.send(encode_event(topic, payload), block=False)
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-class EventSubscriber:
-    """Dials a daemon's PUB socket and keeps doing so across restarts of either side."""
-
-    def __init__(self, service: str, config: Config, topics: tuple[str, ...] = ("",)) -> None:
-        self.service = service
-        self._sock = pynng.Sub0(
-            recv_max_size=config.transport.max_message_bytes,
-            reconnect_time_min=config.transport.reconnect_min_ms,
-            reconnect_time_max=config.transport.reconnect_max_ms,
-        )
-        for topic in topics:
-            self._sock.subscribe(topic.encode())
-        self._pipes = _PipeWatch(self._sock)
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10000)
-        self._io = _LoopSocket(self._sock, self._on_event)
-        self._sock.dial(config.events_address(service), block=False)
-
-    def on_connect(self, callback: Callable[[], None]) -> None:
-        """Called on each (re)connection: the moment to resynchronise missed state."""
-        self._pipes.on_connect.append(callback)
-
-    def _on_event(self, _header: bytes, body: bytes) -> None:
-        if self._queue.full():
-            log.warning("%s: event queue full, dropping an event", self.service)
-            return
-        self._queue.put_nowait(body)
-
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        while True:
-            data = await self._queue.get()
-            try:
-                yield decode_event(data)
-            except Exception as exc:
-                log.warning("%s: undecodable event dropped: %s", self.service, exc)
-
-    def close(self) -> None:
-        self._io.close()
-        self._sock.close()

@@ -1,20 +1,29 @@
-"""Strict conversion between plain data (msgpack, TOML) and typed dataclasses.
+"""Conversion between plain data (msgpack, TOML) and typed dataclasses.
 
 Both the nng wire (`shared.wire`) and the configuration (`shared.config`) turn
 untrusted plain data into dataclasses here, so "wrong type", "unknown key" and
 "missing key" are detected and worded the same way everywhere. Converters are
 built once per type and cached: this runs on every daemon call.
+
+Two modes. Strict (the configuration, records on disk): an unknown key is an error,
+since it is most likely a typo. Lenient (messages from peers, see `shared.wire`): an
+unknown key is a field added by a newer peer and is ignored, logged once per
+(type, field) per process. In both, a missing key takes its default, and a missing
+required key is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import types
 import typing
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -43,8 +52,8 @@ def _type_name(tp: Any) -> str:
 
 
 @cache
-def converter(tp: Any) -> Converter:
-    """Return a function `(plain, path) -> typed` for `tp`."""
+def converter(tp: Any, lenient: bool = False) -> Converter:
+    """Return a function `(plain, path) -> typed` for `tp`; `lenient` ignores unknown dataclass keys."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -54,7 +63,7 @@ def converter(tp: Any) -> Converter:
         optional = len(members) != len(args)
         if len(members) != 1:
             raise TypeError(f"unsupported union {tp}")
-        inner = converter(members[0])
+        inner = converter(members[0], lenient)
 
         def conv_optional(v: Any, p: str) -> Any:
             if v is None and optional:
@@ -63,7 +72,7 @@ def converter(tp: Any) -> Converter:
 
         return conv_optional
     if origin is list or origin is tuple:
-        item = converter(args[0])
+        item = converter(args[0], lenient)
         make = list if origin is list else tuple
 
         def conv_seq(v: Any, p: str) -> Any:
@@ -73,7 +82,7 @@ def converter(tp: Any) -> Converter:
 
         return conv_seq
     if origin is dict:
-        val = converter(args[1])
+        val = converter(args[1], lenient)
 
         def conv_map(v: Any, p: str) -> Any:
             if not isinstance(v, dict):
@@ -87,7 +96,7 @@ def converter(tp: Any) -> Converter:
 
         return conv_map
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _dataclass_converter(tp)
+        return _dataclass_converter(tp, lenient)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         members_by_value = {m.value: m for m in tp}
         members_by_name = {m.name: m for m in tp}
@@ -124,18 +133,32 @@ def converter(tp: Any) -> Converter:
     raise TypeError(f"no converter for {tp!r}")
 
 
-def _dataclass_converter(cls: type) -> Converter:
+# Past this many distinct unknown keys of one type, a peer is sending junk, not a newer schema.
+_REPORT_AT_MOST = 32
+
+
+def _dataclass_converter(cls: type, lenient: bool) -> Converter:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     plan = [
         (
             f.name,
-            converter(hints[f.name]),
+            converter(hints[f.name], lenient),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for f in fields
     ]
     known = {f.name for f in fields}
+    # The unknown keys already logged. It lives as long as this (cached) converter, that is, as
+    # long as the process: a newer peer sends its new field on every call, and one line says it.
+    reported: set[str] = set()
+
+    def ignore(unknown: list[Any]) -> None:
+        for key in map(str, unknown):
+            if key not in reported and len(reported) < _REPORT_AT_MOST:
+                reported.add(key)
+                log.warning("ignoring field %r of %s from a peer: it is not in this version's schema",
+                            key, cls.__name__)
 
     def conv_dataclass(v: Any, p: str) -> Any:
         if isinstance(v, cls):
@@ -144,7 +167,9 @@ def _dataclass_converter(cls: type) -> Converter:
             raise ShapeError(p, f"expected a table for {cls.__name__}, got {type(v).__name__}")
         unknown = [k for k in v if k not in known]
         if unknown:
-            raise ShapeError(_join(p, str(unknown[0])), f"unknown key (known: {', '.join(sorted(known))})")
+            if not lenient:
+                raise ShapeError(_join(p, str(unknown[0])), f"unknown key (known: {', '.join(sorted(known))})")
+            ignore(unknown)
         kwargs = {}
         for name, conv, required in plan:
             if name in v:
@@ -156,9 +181,12 @@ def _dataclass_converter(cls: type) -> Converter:
     return conv_dataclass
 
 
-def from_plain(tp: type[T], data: Any, path: str = "") -> T:
-    """Convert untrusted plain data into `tp`, raising `ShapeError` on any mismatch."""
-    result: T = converter(tp)(data, path)
+def from_plain(tp: type[T], data: Any, path: str = "", *, lenient: bool = False) -> T:
+    """Convert untrusted plain data into `tp`, raising `ShapeError` on any mismatch.
+
+    `lenient` ignores keys `tp` does not know (data from a peer of another version).
+    """
+    result: T = converter(tp, lenient)(data, path)
     return result
 
 

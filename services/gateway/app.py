@@ -11,8 +11,11 @@ from pathlib import Path
 import grpc
 
 from services.gateway.health import HealthMonitor
+from services.gateway.inflight import Inflight
 from services.gateway.list_images import ImageListCache
+from services.gateway.reconciler import Reconciler
 from services.gateway.servicer import generic_handlers
+from services.gateway.view import StateView, ViewSync
 from shared.config import DAEMONS, Config
 from shared.tracing import Tracing
 from shared.transport import DaemonClient
@@ -33,6 +36,10 @@ class Gateway:
         self.monitord = self.clients["monitord"]
         self.health = HealthMonitor(config, self.clients)
         self.image_list_cache = ImageListCache()
+        self.view = StateView()
+        self.view_sync = ViewSync(config, self.monitord, self.view)
+        self.inflight = Inflight()
+        self.reconciler = Reconciler(self)
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -70,6 +77,8 @@ async def serve(config: Config) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(gateway.health.run())
+            group.create_task(gateway.view_sync.run())
+            group.create_task(gateway.reconciler.run())
             group.create_task(server.wait_for_termination())
     except asyncio.CancelledError:
         log.info("gateway stopping")

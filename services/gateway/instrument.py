@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shared.errors import Code, CriplexError
+from shared.errors import Code, CriplexError, InvalidArgument
 from shared.tracing import record_error
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("criplex.gateway.cri")
 
 GRPC_STATUS: dict[Code, grpc.StatusCode] = {code: getattr(grpc.StatusCode, code.name) for code in Code}
+# Undecodable requests are logged at most this often: a broken client must not flood the log.
+_UNDECODABLE_LOG_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,38 +36,121 @@ class Call:
     has_deadline: bool  # False: the client set none (the kubelet sets none on PullImage)
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes are not the method's message."""
+
+    type_name: str
+    error: str
+
+
 Handler = Callable[["Gateway", Any, Call], Awaitable[Any]]
+StreamHandler = Callable[["Gateway", Any, Call], AsyncIterator[Any]]
 GrpcHandler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+GrpcStreamHandler = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def tolerant_deserializer(cls: Any) -> Callable[[bytes], Any]:
+    """gRPC answers UNKNOWN when a deserializer raises; we want INVALID_ARGUMENT, said once."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:
+            return Undecodable(cls.DESCRIPTOR.name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+class _Throttle:
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self._interval
+        return True
+
+
+def _call(method: str, default_timeout: float, context: grpc.aio.ServicerContext) -> Call:
+    remaining = context.time_remaining()
+    return Call(method, default_timeout if remaining is None else max(remaining, 0.0), remaining is not None)
+
+
+def _traceparent(gateway: Gateway, context: grpc.aio.ServicerContext) -> str:
+    if gateway.tracing.enabled:
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                return str(value)
+    return ""
+
+
+class _Outcome:
+    """Maps what a handler raised to a gRPC status; the one place that does."""
+
+    def __init__(self, method: str, throttle: _Throttle) -> None:
+        self._method = method
+        self._throttle = throttle
+
+    def check(self, request: Any) -> None:
+        if isinstance(request, Undecodable):
+            if self._throttle.allow():
+                log.info("%s: undecodable %s request (%s); %d more suppressed", self._method,
+                         request.type_name, request.error, self._throttle.suppressed)
+                self._throttle.suppressed = 0
+            raise InvalidArgument(f"{self._method}: the request is not a valid {request.type_name} message")
+
+    async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        record_error(exc)
+        if isinstance(exc, CriplexError):
+            if not (exc.code is Code.INVALID_ARGUMENT and "not a valid" in exc.message):
+                log.log(logging.WARNING if exc.code is Code.INTERNAL else logging.INFO,
+                        "%s failed (%s): %s", self._method, exc.code.name, exc.message)
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
+        log.exception("%s failed unexpectedly", self._method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{self._method}: {type(exc).__name__}: {exc}")
 
 
 def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
     tracing = gateway.tracing
     default_timeout = gateway.config.gateway.default_timeout
     span_name = f"runtime.v1/{method}"
+    outcome = _Outcome(method, _Throttle(_UNDECODABLE_LOG_INTERVAL_S))
 
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        remaining = context.time_remaining()
-        call = Call(method, default_timeout if remaining is None else max(remaining, 0.0), remaining is not None)
-        traceparent = ""
-        if tracing.enabled:
-            for key, value in context.invocation_metadata() or ():
-                if key == "traceparent":
-                    traceparent = value
-        with tracing.server_span(span_name, traceparent):
+        call = _call(method, default_timeout, context)
+        with tracing.server_span(span_name, _traceparent(gateway, context)):
             try:
+                outcome.check(request)
                 response = await handler(gateway, request, call)
-            except CriplexError as exc:
-                record_error(exc)
-                log.log(logging.WARNING if exc.code is Code.INTERNAL else logging.INFO,
-                        "%s failed (%s): %s", method, exc.code.name, exc.message)
-                await context.abort(GRPC_STATUS[exc.code], exc.message)
             except Exception as exc:
-                record_error(exc)
-                log.exception("%s failed unexpectedly", method)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {type(exc).__name__}: {exc}")
+                await outcome.fail(exc, context)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s ok in %.2f ms", method, (time.perf_counter() - started) * 1000)
         return response
+
+    return serve
+
+
+def instrument_stream(gateway: Gateway, method: str, handler: StreamHandler) -> GrpcStreamHandler:
+    tracing = gateway.tracing
+    default_timeout = gateway.config.gateway.default_timeout
+    outcome = _Outcome(method, _Throttle(_UNDECODABLE_LOG_INTERVAL_S))
+
+    async def serve(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _call(method, default_timeout, context)
+        with tracing.server_span(f"runtime.v1/{method}", _traceparent(gateway, context)):
+            try:
+                outcome.check(request)
+                async for item in handler(gateway, request, call):
+                    yield item
+            except Exception as exc:
+                await outcome.fail(exc, context)
 
     return serve

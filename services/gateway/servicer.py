@@ -15,16 +15,38 @@ from google.protobuf import descriptor
 from google.protobuf import message_factory as factory
 
 from services.gateway import (
+    container_stats,
+    container_status,
+    create_container,
+    exec_sync,
+    get_container_events,
     image_fs_info,
     image_status,
+    list_container_stats,
+    list_containers,
     list_images,
+    list_pod_sandbox,
+    list_pod_sandbox_stats,
+    pod_sandbox_stats,
+    pod_sandbox_status,
     pull_image,
+    remove_container,
     remove_image,
+    remove_pod_sandbox,
+    reopen_container_log,
+    run_pod_sandbox,
+    runtime_config,
+    start_container,
     status,
+    stop_container,
+    stop_pod_sandbox,
+    update_container_resources,
+    update_runtime_config,
     version,
 )
-from services.gateway.instrument import Handler, instrument
+from services.gateway.instrument import Handler, StreamHandler, instrument, instrument_stream, tolerant_deserializer
 from shared.cri import api_pb2
+from shared.errors import Unimplemented
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -32,6 +54,26 @@ if TYPE_CHECKING:
 ROUTES: dict[str, Handler] = {
     "Version": version.version,
     "Status": status.status,
+    "RuntimeConfig": runtime_config.runtime_config,
+    "UpdateRuntimeConfig": update_runtime_config.update_runtime_config,
+    "RunPodSandbox": run_pod_sandbox.run_pod_sandbox,
+    "StopPodSandbox": stop_pod_sandbox.stop_pod_sandbox,
+    "RemovePodSandbox": remove_pod_sandbox.remove_pod_sandbox,
+    "PodSandboxStatus": pod_sandbox_status.pod_sandbox_status,
+    "ListPodSandbox": list_pod_sandbox.list_pod_sandbox,
+    "CreateContainer": create_container.create_container,
+    "StartContainer": start_container.start_container,
+    "StopContainer": stop_container.stop_container,
+    "RemoveContainer": remove_container.remove_container,
+    "ContainerStatus": container_status.container_status,
+    "ListContainers": list_containers.list_containers,
+    "ExecSync": exec_sync.exec_sync,
+    "UpdateContainerResources": update_container_resources.update_container_resources,
+    "ReopenContainerLog": reopen_container_log.reopen_container_log,
+    "ContainerStats": container_stats.container_stats,
+    "ListContainerStats": list_container_stats.list_container_stats,
+    "PodSandboxStats": pod_sandbox_stats.pod_sandbox_stats,
+    "ListPodSandboxStats": list_pod_sandbox_stats.list_pod_sandbox_stats,
     "PullImage": pull_image.pull_image,
     "ImageStatus": image_status.image_status,
     "ListImages": list_images.list_images,
@@ -39,17 +81,19 @@ ROUTES: dict[str, Handler] = {
     "ImageFsInfo": image_fs_info.image_fs_info,
 }
 
+STREAM_ROUTES: dict[str, StreamHandler] = {
+    "GetContainerEvents": get_container_events.get_container_events,
+}
+
+# What is not built yet, and where it will come from. UpdatePodSandboxResources answers
+# UNIMPLEMENTED on purpose: a newer kubelet treats exactly that as "not supported".
 _AREAS = {
-    "PodSandbox": "pod sandboxes (netd + monitord)",
-    "Container": "containers (monitord)",
     "Exec": "streaming: exec/attach/port-forward",
     "Attach": "streaming: exec/attach/port-forward",
     "PortForward": "streaming: exec/attach/port-forward",
-    "Stats": "stats and metrics",
-    "Metric": "stats and metrics",
+    "Metric": "metrics",
     "Checkpoint": "checkpoint/restore",
-    "Events": "container events",
-    "RuntimeConfig": "runtime configuration",
+    "UpdatePodSandboxResources": "pod-level resource updates",
 }
 
 
@@ -60,17 +104,23 @@ def _area(method: str) -> str:
     return "a later milestone"
 
 
-def _unimplemented(method: str, streaming: bool) -> Any:
+def _unimplemented(method: str) -> Handler:
     message = f"criplex does not implement {method} yet (area: {_area(method)})"
 
-    async def unary(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+    async def unary(_gw: Gateway, _request: Any, _call: Any) -> Any:
+        raise Unimplemented(message)
 
-    async def stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+    return unary
+
+
+def _unimplemented_stream(method: str) -> StreamHandler:
+    message = f"criplex does not implement {method} yet (area: {_area(method)})"
+
+    async def stream(_gw: Gateway, _request: Any, _call: Any) -> AsyncIterator[Any]:
+        raise Unimplemented(message)
         yield None  # pragma: no cover - makes this an async generator
 
-    return stream if streaming else unary
+    return stream
 
 
 def _service_handler(gateway: Gateway, service: descriptor.ServiceDescriptor) -> grpc.GenericRpcHandler:
@@ -78,15 +128,15 @@ def _service_handler(gateway: Gateway, service: descriptor.ServiceDescriptor) ->
     for m in service.methods:
         request_cls = factory.GetMessageClass(m.input_type)
         response_cls = factory.GetMessageClass(m.output_type)
-        kwargs = {"request_deserializer": request_cls.FromString,
+        kwargs = {"request_deserializer": tolerant_deserializer(request_cls),
                   "response_serializer": response_cls.SerializeToString}
         if m.server_streaming:
-            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_unimplemented(m.name, True), **kwargs)
-        elif m.name in ROUTES:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                instrument(gateway, m.name, ROUTES[m.name]), **kwargs)
+            stream = STREAM_ROUTES.get(m.name) or _unimplemented_stream(m.name)
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                instrument_stream(gateway, m.name, stream), **kwargs)
         else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unimplemented(m.name, False), **kwargs)
+            unary = ROUTES.get(m.name) or _unimplemented(m.name)
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(instrument(gateway, m.name, unary), **kwargs)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 

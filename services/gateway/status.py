@@ -25,7 +25,8 @@ async def status(gw: Gateway, req: api_pb2.StatusRequest, _call: Call) -> api_pb
     ]
     response = api_pb2.StatusResponse(
         status=api_pb2.RuntimeStatus(conditions=conditions),
-        runtime_handlers=[api_pb2.RuntimeHandler(name=name) for name in gw.config.monitord.runtimes],
+        runtime_handlers=runtime_handlers(gw),
+        features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
     )
     if req.verbose:
         daemons = {
@@ -36,3 +37,14 @@ async def status(gw: Gateway, req: api_pb2.StatusRequest, _call: Call) -> api_pb
         response.info["config"] = json.dumps(to_plain(gw.config))
         response.info["daemons"] = json.dumps(daemons)
     return response
+
+
+def runtime_handlers(gw: Gateway) -> list[api_pb2.RuntimeHandler]:
+    """Each configured handler, and the default one again under the name "" as the kubelet expects.
+
+    Features are reported as criplex can deliver them today: no user namespaces, and no
+    recursive read-only mounts (Debian 12's runc 1.1 has no "rro" mount option).
+    """
+    features = api_pb2.RuntimeHandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
+    names = ["", *gw.config.monitord.runtimes]
+    return [api_pb2.RuntimeHandler(name=name, features=features) for name in names]

@@ -1,22 +1,155 @@
-"""monitord's service: for now its health, derived from the configured runtimes and conmon."""
+"""monitord: pod sandboxes and containers on an OCI runtime through conmon.
+
+The handlers here only route; the lifecycle lives in `sandboxes.py` and `containers.py`.
+`run()` loads the records, arms the exit watcher, reconciles what happened while monitord
+was down, and then feeds exits to the containers for as long as the daemon lives.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
 
+from services.monitord.containers import Containers
+from services.monitord.exit_watch import ExitDirWatch
+from services.monitord.host_facts import read_host_facts
+from services.monitord.layout import Layout
+from services.monitord.oci_runtime import RuntimeHandlers
+from services.monitord.records import StateRecords
+from services.monitord.sandboxes import Sandboxes
 from shared.daemon import DaemonContext, Readiness
+from shared.errors import Unavailable
+from shared.schema.monitord import (
+    CONTAINER_STATS,
+    CREATE_CONTAINER,
+    CREATE_SANDBOX,
+    EXEC_SYNC,
+    LIST_STATE,
+    REMOVE_CONTAINER,
+    REMOVE_SANDBOX,
+    REOPEN_LOG,
+    START_CONTAINER,
+    START_SANDBOX,
+    STOP_CONTAINER,
+    STOP_SANDBOX,
+    UPDATE_RESOURCES,
+    ContainerRecord,
+    ContainerRef,
+    CreateContainerRequest,
+    CreateSandboxRequest,
+    Done,
+    ExecSyncRequest,
+    ExecSyncResponse,
+    ListStateRequest,
+    ListStateResponse,
+    RemoveContainerResponse,
+    RemoveSandboxResponse,
+    SandboxRecord,
+    SandboxRef,
+    StartSandboxRequest,
+    StatsRequest,
+    StatsResponse,
+    StopContainerRequest,
+    StopSandboxResponse,
+    UpdateResourcesRequest,
+)
 from shared.transport import DaemonServer
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class MonitordService:
     def __init__(self, ctx: DaemonContext) -> None:
         self._config = ctx.config.monitord
+        self.layout = Layout(ctx.state_dir, Path(ctx.config.paths.run_dir) / "monitord")
+        self.records = StateRecords(self.layout, ctx.events)
+        self.runtimes = RuntimeHandlers(self._config, ctx.config.paths.run_dir)
+        self._containers: Containers | None = None
+        self._sandboxes: Sandboxes | None = None
+        self.loaded = asyncio.Event()
+        self._load_error = ""
 
     def register(self, server: DaemonServer) -> None:
-        pass
+        server.register(CREATE_SANDBOX, self._once_loaded(self.create_sandbox))
+        server.register(START_SANDBOX, self._once_loaded(self.start_sandbox))
+        server.register(STOP_SANDBOX, self._once_loaded(self.stop_sandbox))
+        server.register(REMOVE_SANDBOX, self._once_loaded(self.remove_sandbox))
+        server.register(CREATE_CONTAINER, self._once_loaded(self.create_container))
+        server.register(START_CONTAINER, self._once_loaded(self.start_container))
+        server.register(STOP_CONTAINER, self._once_loaded(self.stop_container))
+        server.register(REMOVE_CONTAINER, self._once_loaded(self.remove_container))
+        server.register(EXEC_SYNC, self._once_loaded(self.exec_sync))
+        server.register(UPDATE_RESOURCES, self._once_loaded(self.update_resources))
+        server.register(REOPEN_LOG, self._once_loaded(self.reopen_log))
+        server.register(CONTAINER_STATS, self._once_loaded(self.container_stats))
+        server.register(LIST_STATE, self._once_loaded(self.list_state))
+
+    def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
+        # Calls that arrive during recovery wait for it (within their deadline): answering
+        # from records that recovery is about to correct would report stale states.
+        async def wrapped(req: Req) -> Resp:
+            await self.loaded.wait()
+            return await handler(req)
+
+        return wrapped
+
+    @property
+    def containers(self) -> Containers:
+        if self._containers is None:
+            raise Unavailable(f"monitord is not loaded: {self._load_error or 'starting'}")
+        return self._containers
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        if self._sandboxes is None:
+            raise Unavailable(f"monitord is not loaded: {self._load_error or 'starting'}")
+        return self._sandboxes
 
     async def run(self) -> None:
-        return
+        watch = await self.load()
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    name = await watch.next_name()
+                    if "." not in name:  # conmon's temp files are "<id>.XXXXXX", renamed when complete
+                        group.create_task(self._on_exit(name))
+        finally:
+            watch.close()
+
+    async def _on_exit(self, container_id: str) -> None:
+        # One exit that cannot be recorded (a full disk) must not stop the watcher for all others.
+        try:
+            await self.containers.apply_exit(container_id)
+        except Exception:
+            log.exception("recording the exit of container %s failed", container_id)
+
+    async def load(self) -> ExitDirWatch:
+        """Load, arm the exit watcher, reconcile; handlers are served from here on."""
+        await asyncio.to_thread(self.layout.ensure)
+        await asyncio.to_thread(self.records.load)
+        host = await asyncio.to_thread(read_host_facts, self._config)
+        containers = Containers(self.records, self.layout, self._config, self.runtimes, host)
+        watch = ExitDirWatch(self.layout.exits)
+        watch.start()  # before the scan in recover(): an exit in between is then seen twice, never missed
+        try:
+            await containers.recover()
+            sandboxes = Sandboxes(self.records, self.layout, self._config, self.runtimes, containers)
+            await sandboxes.recover()
+        except BaseException:
+            watch.close()
+            raise
+        self._containers, self._sandboxes = containers, sandboxes
+        self.loaded.set()
+        log.info("monitord loaded %d pod sandboxes and %d containers", len(self.records.sandboxes),
+                 len(self.records.containers))
+        return watch
 
     def readiness(self) -> Readiness:
         missing = [p for p in (self._config.conmon, self._config.runtimes[self._config.default_runtime].path)
@@ -24,3 +157,51 @@ class MonitordService:
         if missing:
             return Readiness(False, "RuntimeNotInstalled", f"not executable: {', '.join(missing)}")
         return Readiness(True, info={"default_runtime": self._config.default_runtime})
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    async def create_sandbox(self, req: CreateSandboxRequest) -> SandboxRecord:
+        return await self.sandboxes.create(req)
+
+    async def start_sandbox(self, req: StartSandboxRequest) -> SandboxRecord:
+        return await self.sandboxes.start(req)
+
+    async def stop_sandbox(self, req: SandboxRef) -> StopSandboxResponse:
+        return await self.sandboxes.stop(req.id)
+
+    async def remove_sandbox(self, req: SandboxRef) -> RemoveSandboxResponse:
+        return await self.sandboxes.remove(req.id)
+
+    # -- containers -------------------------------------------------------------------------
+
+    async def create_container(self, req: CreateContainerRequest) -> ContainerRecord:
+        return await self.containers.create(req)
+
+    async def start_container(self, req: ContainerRef) -> ContainerRecord:
+        return await self.containers.start(req.id)
+
+    async def stop_container(self, req: StopContainerRequest) -> ContainerRecord:
+        return await self.containers.stop(req.id, req.timeout)
+
+    async def remove_container(self, req: ContainerRef) -> RemoveContainerResponse:
+        return RemoveContainerResponse(await self.containers.remove(req.id))
+
+    async def exec_sync(self, req: ExecSyncRequest) -> ExecSyncResponse:
+        return await self.containers.exec_sync(req)
+
+    async def update_resources(self, req: UpdateResourcesRequest) -> ContainerRecord:
+        return await self.containers.update_resources(req)
+
+    async def reopen_log(self, req: ContainerRef) -> Done:
+        await self.containers.reopen_log(req.id)
+        return Done()
+
+    async def container_stats(self, req: StatsRequest) -> StatsResponse:
+        return await self.containers.stats(req)
+
+    async def list_state(self, _: ListStateRequest) -> ListStateResponse:
+        return ListStateResponse(
+            sandboxes=tuple(self.records.sandboxes.values()),
+            containers=tuple(self.records.containers.values()),
+            revision=self.records.revision,
+        )

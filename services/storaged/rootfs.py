@@ -52,6 +52,9 @@ class RootfsStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def container_ids(self) -> list[str]:
+        return [r.container_id for r in self._records.values()]
+
     def chains(self) -> set[str]:
         return {r.chain_id for r in self._records.values()}
 

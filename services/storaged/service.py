@@ -26,6 +26,7 @@ from shared.schema.storaged import (
     CREATE_ROOTFS,
     FS_USAGE,
     HAS_LAYERS,
+    LIST_ROOTFS,
     REMOVE_ROOTFS,
     SET_IMAGE_LAYERS,
     SYNC_IMAGES,
@@ -38,6 +39,8 @@ from shared.schema.storaged import (
     ImageLayersRequest,
     ImageLayersResponse,
     Layer,
+    ListRootfsRequest,
+    ListRootfsResponse,
     RemoveRootfsRequest,
     RemoveRootfsResponse,
     Rootfs,
@@ -69,6 +72,7 @@ class StoragedService:
         server.register(SYNC_IMAGES, self._once_loaded(self.sync_images))
         server.register(CREATE_ROOTFS, self._once_loaded(self.create_rootfs))
         server.register(REMOVE_ROOTFS, self._once_loaded(self.remove_rootfs))
+        server.register(LIST_ROOTFS, self._once_loaded(self.list_rootfs))
         server.register(FS_USAGE, self._once_loaded(self.fs_usage))
 
     def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
@@ -155,6 +159,9 @@ class StoragedService:
         await self.rootfs.purge_trash()
         await self._purge(removed)
         return RemoveRootfsResponse()
+
+    async def list_rootfs(self, _req: ListRootfsRequest) -> ListRootfsResponse:
+        return ListRootfsResponse(tuple(self.rootfs.container_ids()))
 
     # -- usage ---------------------------------------------------------------------------------
 

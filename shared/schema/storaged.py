@@ -92,6 +92,16 @@ class RemoveRootfsResponse:
 
 
 @dataclass(frozen=True)
+class ListRootfsRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ListRootfsResponse:
+    container_ids: tuple[str, ...]  # every container that has a recorded rootfs
+
+
+@dataclass(frozen=True)
 class FsUsageRequest:
     pass
 
@@ -113,4 +123,5 @@ SET_IMAGE_LAYERS = Method("set_image_layers", ImageLayersRequest, ImageLayersRes
 SYNC_IMAGES = Method("sync_images", SyncImagesRequest, SyncImagesResponse)
 CREATE_ROOTFS = Method("create_rootfs", CreateRootfsRequest, Rootfs)
 REMOVE_ROOTFS = Method("remove_rootfs", RemoveRootfsRequest, RemoveRootfsResponse)
+LIST_ROOTFS = Method("list_rootfs", ListRootfsRequest, ListRootfsResponse)
 FS_USAGE = Method("fs_usage", FsUsageRequest, FsUsage)

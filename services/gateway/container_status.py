@@ -1,0 +1,24 @@
+"""CRI ContainerStatus, served from the gateway's view."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.gateway import containers
+from services.gateway.instrument import Call
+from shared.cri import api_pb2
+
+if TYPE_CHECKING:
+    from services.gateway.app import Gateway
+
+
+async def container_status(gw: Gateway, req: api_pb2.ContainerStatusRequest, _call: Call
+                           ) -> api_pb2.ContainerStatusResponse:
+    id_ = containers.container_id(req.container_id, "ContainerStatus")
+    await gw.view.wait_synced()
+    record = containers.require(gw.view.container(id_), id_)
+    status = containers.to_cri_status(record, gw.view.container_config(record))
+    response = api_pb2.ContainerStatusResponse(status=status)
+    if req.verbose:
+        response.info.update(containers.verbose_info(record))
+    return response

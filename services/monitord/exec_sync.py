@@ -1,0 +1,74 @@
+"""ExecSync: run a command in a running container and hand back its output and exit code.
+
+`runc exec` without --process reuses the container's own process settings (user, env, cwd,
+capabilities), so only the argv is ours. The runtime stays our child for the whole command,
+which keeps the timeout simple: kill the exec'd process (its pid from --pid-file) and reap runc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+from pathlib import Path
+
+from services.monitord.oci_runtime import OciRuntime
+from services.monitord.process_signal import ProcessHandle
+from shared.errors import DeadlineExceeded
+from shared.schema.monitord import ExecSyncResponse
+
+OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
+# After the command ends, its own background children may still hold the pipes open.
+_DRAIN_GRACE = 1.0
+_REAP_GRACE = 10.0
+
+
+async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        room = OUTPUT_CAP - len(into)
+        if room > 0:
+            into += chunk[:room]
+
+
+def _kill_exec_process(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return  # runc has not started it yet; killing runc below is enough
+    with ProcessHandle(pid) as process:
+        process.send(signal.SIGKILL)
+
+
+async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...], tty: bool, timeout: int,
+                    scratch_dir: Path) -> ExecSyncResponse:
+    pid_file = scratch_dir / f"exec-{secrets.token_hex(8)}.pid"
+    argv = runtime.argv("exec", *(["--tty"] if tty else []), "--pid-file", str(pid_file), container_id, *cmd)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout, stderr = bytearray(), bytearray()
+    readers = [asyncio.create_task(_drain(proc.stdout, stdout)), asyncio.create_task(_drain(proc.stderr, stderr))]
+    try:
+        try:
+            async with asyncio.timeout(timeout or None):
+                code = await proc.wait()
+        except TimeoutError:
+            raise DeadlineExceeded(f"command {' '.join(cmd)!r:.200} timed out after {timeout} s") from None
+        await asyncio.wait(readers, timeout=_DRAIN_GRACE)
+    finally:
+        if proc.returncode is None:
+            # Timed out, or the call itself was cancelled: the command must not live on.
+            _kill_exec_process(pid_file)
+            try:
+                await asyncio.shield(asyncio.wait_for(proc.wait(), _REAP_GRACE))
+            except TimeoutError:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+        for reader in readers:
+            reader.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+    return ExecSyncResponse(bytes(stdout), bytes(stderr), code)

@@ -1,0 +1,75 @@
+"""Network readiness: whether a CNI configuration exists, watched off the event loop.
+
+The kubelet asks for Status every few seconds and the gateway asks netd's health for it,
+so health answers from a cached value. The directory is rescanned in a worker thread
+whenever inotify reports a change in it, and every 2 s regardless (it may not exist yet,
+or be replaced as a whole, which a watch on it cannot see).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+from pathlib import Path
+
+from shared.daemon import Readiness
+
+_CNI_SUFFIXES = (".conf", ".conflist", ".json")
+RESCAN_SECONDS = 2.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+# <sys/inotify.h>
+_IN_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
+_IN_CHANGES = (0x8  # IN_CLOSE_WRITE
+               | 0x40 | 0x80  # IN_MOVED_FROM, IN_MOVED_TO
+               | 0x100 | 0x200  # IN_CREATE, IN_DELETE
+               | 0x400 | 0x800)  # IN_DELETE_SELF, IN_MOVE_SELF
+
+
+def scan(conf_dir: Path) -> Readiness:
+    # The kubelet reports the node NotReady until a CNI network is configured.
+    try:
+        names = sorted(p.name for p in conf_dir.iterdir() if p.suffix in _CNI_SUFFIXES)
+    except OSError:
+        names = []
+    if not names:
+        return Readiness(False, "NetworkPluginNotReady", f"no CNI configuration in {conf_dir}")
+    return Readiness(True, info={"cni_config": names[0]})
+
+
+class CniConfigWatch:
+    """Keeps `current` up to date with the CNI configuration directory while `run()` runs."""
+
+    def __init__(self, conf_dir: Path) -> None:
+        self.conf_dir = conf_dir
+        # Once here, before serving, so the first health call already has an answer.
+        self.current = scan(conf_dir)
+
+    async def run(self) -> None:
+        fd = _libc.inotify_init1(_IN_NONBLOCK_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        loop.add_reader(fd, changed.set)
+        try:
+            while True:
+                # Re-adding is a no-op on a watched directory and follows one that was
+                # created or replaced since; a missing directory is simply not watched.
+                _libc.inotify_add_watch(fd, os.fsencode(self.conf_dir), _IN_CHANGES)
+                changed.clear()
+                self.current = await asyncio.to_thread(scan, self.conf_dir)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RESCAN_SECONDS):
+                        await changed.wait()
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(fd, 65536):
+                        pass
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)

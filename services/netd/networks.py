@@ -1,0 +1,143 @@
+"""Pod networks: one record and one pinned network namespace per sandbox.
+
+Order of steps, so that a kill -9 at any point leaves something the next start (or the
+gateway's removal) can finish:
+
+- create: record, then pin, then CNI ADD (then the record again if CNI changed it);
+- remove: CNI DEL, then unpin, then delete the record.
+
+So a pin never exists without a record, except briefly during a removal; at start, pins
+without a record are removed. A record whose pin is gone (the node rebooted and /run was
+cleared, or a crash before the pin was made) stays listed, so the gateway removes it; a
+create for it makes the namespace again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from services.netd.cni import CniRunner
+from shared.errors import CriplexError, InvalidArgument
+from shared.nsfs import create_pinned, is_pinned, remove_pinned
+from shared.schema.netd import CreateNetworkRequest, PodNetwork
+from shared.state import RecordStore
+
+log = logging.getLogger(__name__)
+
+# The container-id rule of storaged (a 64-hex sandbox id fits): the id is also a file name.
+_SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_sandbox_id(sandbox_id: str) -> None:
+    if not _SANDBOX_ID.match(sandbox_id):
+        raise InvalidArgument(f"sandbox id {sandbox_id!r:.150} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}")
+
+
+class _SandboxLocks:
+    """One asyncio.Lock per sandbox, forgotten once nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, sandbox_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(sandbox_id, (asyncio.Lock(), 0))
+        self._locks[sandbox_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[sandbox_id]
+            if users <= 1:
+                del self._locks[sandbox_id]
+            else:
+                self._locks[sandbox_id] = (lock, users - 1)
+
+
+class PodNetworks:
+    def __init__(self, records_dir: Path, netns_dir: Path, cni: CniRunner) -> None:
+        self.netns_dir = netns_dir
+        self._records = RecordStore(records_dir, PodNetwork)
+        self._cni = cni
+        self._locks = _SandboxLocks()
+
+    async def load(self) -> None:
+        """Read the records and remove pins nobody records (before serving)."""
+        await asyncio.to_thread(self._records.load)
+        await asyncio.to_thread(self.netns_dir.mkdir, parents=True, exist_ok=True, mode=0o755)
+        recorded = {Path(n.netns_path) for n in self._records.values()}
+        for entry in await asyncio.to_thread(lambda: list(self.netns_dir.iterdir())):
+            if entry not in recorded:
+                # Left by a crash during a removal, after its record went.
+                await self._remove_leftover(entry)
+        for network in self._records.values():
+            if not is_pinned(Path(network.netns_path)):
+                log.warning("sandbox %s: netns %s is gone; kept listed for removal",
+                            network.sandbox_id, network.netns_path)
+
+    @staticmethod
+    async def _remove_leftover(entry: Path) -> None:
+        log.info("removing unrecorded netns pin %s", entry)
+        try:
+            if entry.is_dir() and not entry.is_mount():
+                # Not ours to empty: whatever is inside may itself be mounted.
+                await asyncio.to_thread(entry.rmdir)
+            else:
+                await remove_pinned(entry)
+        except (OSError, CriplexError) as exc:
+            log.error("cannot remove %s: %s", entry, exc)
+
+    def list(self) -> list[PodNetwork]:
+        return self._records.values()
+
+    async def create(self, request: CreateNetworkRequest) -> PodNetwork:
+        check_sandbox_id(request.sandbox_id)
+        async with self._locks.hold(request.sandbox_id):
+            existing = self._records.get(request.sandbox_id)
+            if existing is not None and is_pinned(Path(existing.netns_path)):
+                return existing
+            netns = self.netns_dir / request.sandbox_id
+            network = existing or PodNetwork(request.sandbox_id, str(netns), created_at=time.time_ns())
+            if existing is None:
+                await self._records.put(request.sandbox_id, network)
+            try:
+                netns = Path(network.netns_path)
+                await remove_pinned(netns)  # an empty file left by a crash before the mount
+                await create_pinned({"net": netns})
+                attached = await self._cni.add(request, netns)
+            except BaseException:
+                await self._undo_create(network, keep_record=existing is not None)
+                raise
+            if (attached.ips, attached.interface) != (network.ips, network.interface):
+                network = PodNetwork(network.sandbox_id, network.netns_path, attached.ips, attached.interface,
+                                     network.created_at)
+                await self._records.put(request.sandbox_id, network)
+            return network
+
+    async def _undo_create(self, network: PodNetwork, keep_record: bool) -> None:
+        try:
+            await remove_pinned(Path(network.netns_path))
+            if not keep_record:
+                await self._records.delete(network.sandbox_id)
+        except Exception:
+            log.exception("sandbox %s: undoing a failed create", network.sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> bool:
+        """Remove a sandbox's network; False when there was none (not an error)."""
+        check_sandbox_id(sandbox_id)
+        async with self._locks.hold(sandbox_id):
+            network = self._records.get(sandbox_id)
+            if network is None:
+                # No record, so no pin of ours either, except one a crash left mid-removal.
+                await remove_pinned(self.netns_dir / sandbox_id)
+                return False
+            await self._cni.delete(network)
+            await remove_pinned(Path(network.netns_path))
+            await self._records.delete(sandbox_id)
+            return True

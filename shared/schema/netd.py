@@ -1,0 +1,65 @@
+"""netd's public surface: a pod's network namespace and (with the networking work) its CNI networks.
+
+netd owns one `PodNetwork` record per sandbox ID. The gateway creates it during
+RunPodSandbox, removes it during StopPodSandbox/RemovePodSandbox (idempotently), and
+removes those whose sandbox monitord no longer knows (the reconciler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.wire import Method
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    protocol: str  # "tcp" | "udp" | "sctp"
+    container_port: int
+    host_port: int
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class CreateNetworkRequest:
+    sandbox_id: str
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    port_mappings: tuple[PortMapping, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
+    cgroup_parent: str = ""
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    sandbox_id: str
+    netns_path: str  # the pinned network namespace (a bind mount of nsfs)
+    ips: tuple[str, ...] = ()  # first is the pod's primary IP
+    interface: str = ""
+    created_at: int = 0  # unix ns
+
+
+@dataclass(frozen=True)
+class RemoveNetworkRequest:
+    sandbox_id: str
+
+
+@dataclass(frozen=True)
+class RemoveNetworkResponse:
+    existed: bool
+
+
+@dataclass(frozen=True)
+class ListNetworksRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ListNetworksResponse:
+    networks: tuple[PodNetwork, ...]
+
+
+CREATE_NETWORK = Method("create_network", CreateNetworkRequest, PodNetwork)
+REMOVE_NETWORK = Method("remove_network", RemoveNetworkRequest, RemoveNetworkResponse)
+LIST_NETWORKS = Method("list_networks", ListNetworksRequest, ListNetworksResponse)

@@ -1,0 +1,82 @@
+"""A criplex that runs pods and containers: real runc, conmon, overlay and namespaces.
+
+One criplex per test module; each test's pods are stopped and removed when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.cri import api_pb2
+from tests.support.fixtures import PushedImage
+from tests.support.pods import Pods, kill_leftovers
+from tests.support.registry import Registry
+from tests.support.runtime import CriplexRun
+
+
+def pods_toml(registry: Registry, etc: Path) -> str:
+    (etc / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    (etc / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    cgroup_parent = f"/criplex-test-{uuid.uuid4().hex[:8]}"
+    return (f'[imaged]\nregistries_conf = "{etc}/registries.conf"\nregistries_conf_d = "{etc}/registries.conf.d"\n'
+            f'policy = "{etc}/policy.json"\nauth_file = "{etc}/auth.json"\ncerts_dir = "{etc}/certs.d"\n'
+            f'[monitord]\ndefault_cgroup_parent = "{cgroup_parent}"\n'
+            f'[monitord.runtimes.runc]\npath = "/usr/sbin/runc"\n'
+            f'[monitord.runtimes.runc-alt]\npath = "/usr/sbin/runc"\n'
+            f'[gateway]\nreconcile_interval = 2.0\n')
+
+
+def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: str = "") -> Iterator[Pods]:
+    run = CriplexRun(extra_toml=pods_toml(registry, etc) + extra_toml)
+    cgroup_parent = configured_cgroup_parent(run)
+    pods: Pods | None = None
+    try:
+        run.start()
+        pods = Pods(run, image.reference)
+        pods.client.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image.reference)),
+                                    timeout=120)
+        yield pods
+    finally:
+        if pods is not None:
+            pods.cleanup()
+            pods.client.close()
+        run.stop()
+        kill_leftovers(run)
+        remove_cgroups(cgroup_parent)
+
+
+def configured_cgroup_parent(run: CriplexRun) -> str:
+    return next(line.split('"')[1] for line in run.config_file.read_text().splitlines()
+                if line.startswith("default_cgroup_parent"))
+
+
+def remove_cgroups(parent: str) -> None:
+    """The test's cgroup parent in every v1 hierarchy (children first), once empty."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        base = hierarchy / parent.lstrip("/")
+        if not base.is_dir():
+            continue
+        for child in [*sorted(base.rglob("*"), key=lambda p: len(p.parts), reverse=True), base]:
+            if child.is_dir():
+                with contextlib.suppress(OSError):  # still in use: a leak the test itself reports
+                    child.rmdir()
+
+
+@pytest.fixture(scope="module")
+def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Pods]:
+    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("containers"))
+
+
+@pytest.fixture
+def pod(pods: Pods) -> Iterator[Pods]:
+    """The module's criplex; what the test made is removed when it ends."""
+    try:
+        yield pods
+    finally:
+        pods.cleanup()
