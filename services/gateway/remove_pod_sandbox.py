@@ -29,11 +29,10 @@ log = logging.getLogger(__name__)
 async def remove_pod_sandbox(gw: Gateway, req: api_pb2.RemovePodSandboxRequest, call: Call
                              ) -> api_pb2.RemovePodSandboxResponse:
     id_ = sandbox_id(req.pod_sandbox_id, "RemovePodSandbox")
-    record = gw.view.sandboxes.get(id_)
     with gw.inflight.hold(id_):
         removed = await gw.monitord.call(REMOVE_SANDBOX, SandboxRef(id_), call.timeout)
-        owned = [*removed.container_ids, *([record.infra_container_id] if record and record.infra_container_id
-                                          else [])]
+        # The infra container's rootfs (pods sharing a PID namespace) is keyed by the sandbox ID.
+        owned = [*removed.container_ids, id_]
         results = await asyncio.gather(
             gw.netd.call(REMOVE_NETWORK, RemoveNetworkRequest(id_), call.timeout),
             *(gw.storaged.call(REMOVE_ROOTFS, RemoveRootfsRequest(c), call.timeout) for c in owned),

@@ -8,14 +8,18 @@ network: the reconciler removes both (see ARCHITECTURE.md, "Pods and containers"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from services.gateway.instrument import Call
+from services.gateway.pull_image import pull_timeout
 from services.gateway.sandboxes import check_sandbox_config
 from services.gateway.view import to_json
 from shared.cri import api_pb2
-from shared.errors import AlreadyExists, CriplexError, InvalidArgument
+from shared.errors import AlreadyExists, CriplexError, FailedPrecondition, InvalidArgument
+from shared.schema.imaged import IMAGE_STATUS, PULL_IMAGE, ImageRecord, ImageStatusRequest, PullImageRequest
 from shared.schema.monitord import (
     CREATE_SANDBOX,
     REMOVE_SANDBOX,
@@ -32,6 +36,7 @@ from shared.schema.netd import (
     PortMapping,
     RemoveNetworkRequest,
 )
+from shared.schema.storaged import CREATE_ROOTFS, REMOVE_ROOTFS, CreateRootfsRequest, RemoveRootfsRequest
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -56,23 +61,26 @@ async def run_pod_sandbox(gw: Gateway, req: api_pb2.RunPodSandboxRequest, call: 
     for existing in gw.view.sandboxes.values():
         if existing.name == name:
             raise AlreadyExists(f"pod sandbox name {name!r} is reserved for {existing.id}")
-    host_network = config.linux.security_context.namespace_options.network == api_pb2.NODE
+    options = config.linux.security_context.namespace_options
+    host_network = options.network == api_pb2.NODE
     sandbox_id = secrets.token_hex(32)
     with gw.inflight.hold(sandbox_id):
-        made = asyncio.ensure_future(gw.monitord.call(
-            CREATE_SANDBOX, CreateSandboxRequest(sandbox_id, to_json(config), handler), call.timeout))
-        networked = None if host_network else asyncio.ensure_future(
-            gw.netd.call(CREATE_NETWORK, network_request(sandbox_id, config), call.timeout))
-        results = await asyncio.gather(made, *([networked] if networked else []), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        made = gw.monitord.call(CREATE_SANDBOX, CreateSandboxRequest(sandbox_id, to_json(config), handler),
+                                call.timeout)
+        networked = None if host_network else gw.netd.call(
+            CREATE_NETWORK, network_request(sandbox_id, config), call.timeout)
+        # Only a pod sharing its PID namespace needs an infra container to hold it.
+        infra = infra_rootfs(gw, sandbox_id, call) if options.pid == api_pb2.POD else None
+        network_result, infra_result, *errors = await _gather(made, networked, infra)
         if errors:
             await _roll_back(gw, sandbox_id, call)
             raise _first(errors)
-        network = results[1] if networked else None
-        assert network is None or isinstance(network, PodNetwork)
+        network = network_result if isinstance(network_result, PodNetwork) else None
+        rootfs, pause = infra_result if isinstance(infra_result, tuple) else ("", None)
         try:
             record = await gw.monitord.call(START_SANDBOX, StartSandboxRequest(
-                sandbox_id, network.netns_path if network else "", network.ips if network else ()), call.timeout)
+                sandbox_id, network.netns_path if network else "", network.ips if network else (),
+                infra_rootfs=rootfs, infra_image=pause), call.timeout)
         except CriplexError:
             await _roll_back(gw, sandbox_id, call)
             raise
@@ -88,6 +96,32 @@ def network_request(sandbox_id: str, config: api_pb2.PodSandboxConfig) -> Create
                                         p.host_ip) for p in config.port_mappings),
         annotations=dict(config.annotations), cgroup_parent=config.linux.cgroup_parent,
     )
+
+
+async def _gather(made: Awaitable[object], networked: Awaitable[object] | None,
+                  infra: Awaitable[object] | None) -> list[object]:
+    """Run the independent steps at once: [network, infra, *errors]."""
+    steps = [made, networked or _nothing(), infra or _nothing()]
+    _, network, pause, *_ = results = await asyncio.gather(*steps, return_exceptions=True)
+    return [network, pause, *(r for r in results if isinstance(r, BaseException))]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def infra_rootfs(gw: Gateway, sandbox_id: str, call: Call) -> tuple[str, ImageRecord]:
+    """The pause image's rootfs for the infra container, keyed by the sandbox ID as in CRI-O."""
+    pause = gw.config.imaged.pause_image
+    status = await gw.imaged.call(IMAGE_STATUS, ImageStatusRequest(pause), call.timeout)
+    if status.image is None:
+        await gw.imaged.call(PULL_IMAGE, PullImageRequest(pause), pull_timeout(gw, call))
+        status = await gw.imaged.call(IMAGE_STATUS, ImageStatusRequest(pause), call.timeout)
+    if status.image is None or not status.image.chain_ids:
+        raise FailedPrecondition(f"the pause image {pause} is not available")
+    rootfs = await gw.storaged.call(CREATE_ROOTFS, CreateRootfsRequest(sandbox_id, status.image.chain_ids[-1]),
+                                    call.timeout)
+    return rootfs.path, status.image
 
 
 def _first(errors: list[BaseException]) -> BaseException:
@@ -106,3 +140,5 @@ async def _roll_back(gw: Gateway, sandbox_id: str, call: Call) -> None:
         gw.netd.call(REMOVE_NETWORK, RemoveNetworkRequest(sandbox_id), timeout),
         return_exceptions=True,
     )
+    with contextlib.suppress(CriplexError):
+        await gw.storaged.call(REMOVE_ROOTFS, RemoveRootfsRequest(sandbox_id), timeout)

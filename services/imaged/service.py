@@ -46,10 +46,6 @@ from shared.schema.storaged import SET_IMAGE_LAYERS, SYNC_IMAGES, ImageLayersReq
 from shared.transport import DaemonClient, DaemonServer
 
 log = logging.getLogger(__name__)
-# httpx logs every request at INFO and httpcore every socket step at DEBUG: a pull of
-# a large image would bury imaged's own lines. Their warnings still come through.
-for _noisy in ("httpx", "httpcore"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 _SYNC_RETRY_MIN_S = 0.2
 _SYNC_RETRY_MAX_S = 5.0
@@ -60,6 +56,11 @@ class ImagedService:
     def __init__(self, ctx: DaemonContext) -> None:
         config = ctx.config.imaged
         self._ctx = ctx
+        # httpx logs every request at INFO and httpcore every socket step at DEBUG: a pull of a
+        # large image would bury imaged's own lines. Their warnings still come through. Set here,
+        # at the daemon's start, not at import: importing imaged's code must not change logging.
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self._store = ImageStore(ctx.state_dir / "images")
         self._store.load()
         self._host = HostConfig(config)

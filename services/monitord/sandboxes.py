@@ -3,7 +3,8 @@
 A pod gets its own IPC and UTS namespaces, pinned (bind-mounted) under its sandbox dir so
 they exist before and after any of its processes, plus a /dev/shm tmpfs, and the hostname,
 hosts and resolv.conf files its containers bind-mount. No infra ("pause") process is needed
-for any of this, as with CRI-O's drop_infra_ctr; only a shared PID namespace would need one.
+for any of this, as with CRI-O's drop_infra_ctr; only a pod that shares one PID namespace
+gets one (infra.py), started with the pod and killed with it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from pathlib import Path
 
 from services.monitord.containers import LIVE, Containers
 from services.monitord.cri_config import parse_config, sandbox_name
+from services.monitord.infra import InfraContainers, missing_infra_rootfs, needs_infra
 from services.monitord.layout import Layout
 from services.monitord.locks import KeyedLocks
 from services.monitord.oci_runtime import RuntimeHandlers
 from services.monitord.records import StateRecords
 from services.monitord.sandbox_files import hosts_content, mount_shm, resolv_content, unmount
+from services.monitord.spec.inputs import HostFacts
 from shared import nsfs
 from shared.config import MonitordConfig, parse_size
 from shared.cri import api_pb2
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.schema.monitord import (
     CreateSandboxRequest,
     RemoveSandboxResponse,
@@ -44,12 +47,13 @@ HOST_HOSTS = Path("/etc/hosts")
 
 class Sandboxes:
     def __init__(self, records: StateRecords, layout: Layout, config: MonitordConfig, runtimes: RuntimeHandlers,
-                 containers: Containers) -> None:
+                 containers: Containers, host: HostFacts) -> None:
         self._records = records
         self._layout = layout
         self._shm_bytes = parse_size(config.shm_size)
         self._runtimes = runtimes
         self._containers = containers
+        self._infra = InfraContainers(layout, config, host)
         self._locks = KeyedLocks()
         self._names = asyncio.Lock()
 
@@ -137,11 +141,15 @@ class Sandboxes:
             os.chmod(directory / name, 0o644)
 
     async def _discard(self, sandbox_id: str) -> None:
-        await self._dismantle(sandbox_id)
+        record = self._records.sandbox(sandbox_id)
+        await self._dismantle(sandbox_id, record.runtime_handler if record is not None else "")
         await self._records.delete_sandbox(sandbox_id)
 
-    async def _dismantle(self, sandbox_id: str) -> None:
+    async def _dismantle(self, sandbox_id: str, runtime_handler: str = "") -> None:
         """Remove whatever of the pod's parts exists; safe on a half-made pod and when repeated."""
+        # Keyed by the sandbox ID whether or not the record got as far as naming it: a start
+        # that died with monitord may have left one.
+        await self._infra.remove(sandbox_id, self._runtimes.find(runtime_handler))
         directory = self._layout.sandbox_dir(sandbox_id)
         await asyncio.to_thread(unmount, directory / "shm")
         for kind in ("ipc", "uts"):
@@ -156,20 +164,35 @@ class Sandboxes:
             if record.state != SandboxState.CREATING:
                 raise FailedPrecondition(f"pod sandbox {req.id} is {record.state.value}: a stopped pod cannot start")
             config = parse_config(record.config_json, api_pb2.PodSandboxConfig, "the pod's config")
-            if config.linux.security_context.namespace_options.pid == api_pb2.POD:
-                raise Unimplemented("pods that share one PID namespace (namespace_options.pid = POD) need an infra "
-                                    "container, which monitord does not run yet")
+            infra = needs_infra(config)
+            if infra and not (req.infra_rootfs and req.infra_image is not None):
+                raise missing_infra_rootfs(req.id)
             if req.ips and record.uts_path:
                 hostname = Path(record.hostname_path).read_text().strip()
                 await asyncio.to_thread(Path(record.hosts_path).write_text, hosts_content(hostname, req.ips))
-            return await self._records.put_sandbox(dataclasses.replace(
-                record, state=SandboxState.READY, netns_path=req.netns_path, ips=tuple(req.ips)))
+            record = dataclasses.replace(record, netns_path=req.netns_path, ips=tuple(req.ips))
+            if infra and req.infra_image is not None:
+                # The infra container joins the netns, so it can only start now that netd made it.
+                pid = await self._infra.run(record, config, req.infra_rootfs, req.infra_image,
+                                            self._runtimes.get(record.runtime_handler))
+                record = dataclasses.replace(record, infra_container_id=record.id, infra_pid=pid)
+            try:
+                return await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.READY))
+            except BaseException:
+                if infra:
+                    await asyncio.shield(self._infra.remove(record.id, self._runtimes.find(record.runtime_handler)))
+                raise
 
     async def stop(self, sandbox_id: str) -> StopSandboxResponse:
         self._get(sandbox_id)
         # The kubelet has already stopped the containers gracefully; what is left is killed now.
         live = [c.id for c in self._records.containers_of(sandbox_id) if c.state in LIVE]
         await asyncio.gather(*(self._containers.stop(container_id, 0) for container_id in live))
+        record = self._get(sandbox_id)
+        runtime = self._runtimes.find(record.runtime_handler)
+        if record.infra_container_id and runtime is not None:
+            # Outside the lock: the exit watcher takes it to record the exit this waits for.
+            await self._infra.kill(record.id, runtime)
         async with self._locks(sandbox_id):
             record = self._get(sandbox_id)
             if record.state == SandboxState.READY:
@@ -189,13 +212,36 @@ class Sandboxes:
         self._locks.forget(sandbox_id)
         return RemoveSandboxResponse(container_ids, existed=True)
 
+    async def apply_infra_exit(self, sandbox_id: str) -> None:
+        """conmon wrote `<exits>/<sandbox id>`: the pod's PID namespace is gone with its infra
+        container, so the pod is not ready any more and the kubelet recreates it."""
+        async with self._locks(sandbox_id):
+            record = self._records.sandbox(sandbox_id)
+            if record is not None and record.state == SandboxState.READY and record.infra_container_id:
+                log.warning("the infra container of pod sandbox %s exited: now not ready", sandbox_id)
+                await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.NOTREADY))
+            # Under the lock, a CREATING pod is not mid-start: the file is from a start that failed.
+            await asyncio.to_thread(self._layout.exit_file(sandbox_id).unlink, True)
+        self._infra.exited(sandbox_id)
+
     async def recover(self) -> None:
-        """At start: a READY pod whose namespaces are gone (a reboot, an admin) can never run again."""
-        for record in self._records.sandboxes.values():
+        """At start: a READY pod whose namespaces or infra container are gone (a reboot, an
+        admin, an exit while monitord was down) can never run again."""
+        for record in list(self._records.sandboxes.values()):
+            if await asyncio.to_thread(self._layout.exit_file(record.id).exists):
+                await self.apply_infra_exit(record.id)
+        for record in list(self._records.sandboxes.values()):
             if record.state != SandboxState.READY:
                 continue
             pins = [p for p in (record.ipc_path, record.uts_path, record.netns_path) if p]
             lost = [p for p in pins if not nsfs.is_pinned(Path(p))]
+            if record.infra_container_id and not await self._infra.running(
+                    record, self._runtimes.find(record.runtime_handler)):
+                lost.append(f"its infra container (pid {record.infra_pid})")
             if lost:
                 log.warning("pod sandbox %s lost %s: now not ready", record.id, ", ".join(lost))
                 await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.NOTREADY))
+
+    def owns_exit(self, name: str) -> bool:
+        """Is `<exits>/<name>` an infra container's? Its name is its pod's sandbox ID."""
+        return self._records.sandbox(name) is not None

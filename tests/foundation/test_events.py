@@ -90,7 +90,8 @@ def test_pub_sub_survives_publisher_and_subscriber_restarts(config):
                     # And a subscriber that starts later picks the stream up too.
                     with subscribed(config, ("tick",)) as (late, _):
                         async with consuming(late) as late_seen:
-                            await until(lambda: ("tick", {"from": "two"}) in late_seen, "a new subscriber hears nothing")
+                            await until(lambda: ("tick", {"from": "two"}) in late_seen,
+                                        "a late subscriber hears nothing")
 
     asyncio.run(main())
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -11,7 +14,7 @@ import pynng
 import pytest
 
 from shared.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, Unimplemented
-from shared.transport import EventPublisher
+from shared.transport import EventPublisher, connect_grace
 from tests.foundation.echo import (
     ECHO,
     UNKNOWN,
@@ -19,9 +22,11 @@ from tests.foundation.echo import (
     client_of,
     echo_process,
     echo_server,
+    make_config,
     serving,
     until,
 )
+from tests.support.runtime import REPO
 
 
 def test_typed_call_round_trip_and_typed_errors(config):
@@ -156,3 +161,39 @@ def test_ipc_directory_is_root_only(config):
         assert st.st_uid == os.getuid() == 0
     finally:
         publisher.close()
+
+
+def test_connect_grace_covers_a_configured_slow_redial(tmp_path):
+    """nng redials after a random part of the reconnect interval: with intervals of up to 1 s, a call
+    made just after the daemon came back must wait past 0.3 s for the redial. Repeated, because a
+    redial can also fall early."""
+
+    async def main(config):
+        for _ in range(5):
+            async with client_of(config, connected=False) as client:
+                with pytest.raises(Unavailable):  # no daemon: the first dial fails
+                    await client.call(ECHO, EchoRequest("x"), timeout=0.05)
+                async with serving(echo_server(config)):
+                    started = time.monotonic()
+                    assert (await client.call(ECHO, EchoRequest("back"), timeout=5)).text == "back"
+                    assert time.monotonic() - started < connect_grace(config) + 0.5
+
+    config = make_config(tmp_path, workers=4)
+    config = dataclasses.replace(config, transport=dataclasses.replace(
+        config.transport, reconnect_min_ms=1000, reconnect_max_ms=1000))
+    assert connect_grace(config) == pytest.approx(1.5)
+    asyncio.run(main(config))
+
+
+def test_importing_the_daemons_leaves_logging_alone():
+    """Logging is set up by the daemon at its start; an import (a test, a tool) must not change it."""
+    script = (
+        "import logging, importlib\n"
+        "for name in ('imaged', 'storaged', 'netd', 'monitord'):\n"
+        "    importlib.import_module(f'services.{name}.service')\n"
+        "importlib.import_module('services.gateway.main')\n"
+        "changed = sorted(n for n, l in logging.root.manager.loggerDict.items()\n"
+        "                 if isinstance(l, logging.Logger) and l.level != logging.NOTSET)\n"
+        "assert not changed and logging.root.level == logging.WARNING and not logging.root.handlers, changed\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True)

@@ -14,18 +14,29 @@ import pytest
 
 from shared.cri import api_pb2
 from tests.support.fixtures import PushedImage
+from tests.support.images import build_busybox_image
 from tests.support.pods import Pods, kill_leftovers
+from tests.support.push import push
 from tests.support.registry import Registry
 from tests.support.runtime import CriplexRun
+
+
+def push_pause(registry: Registry) -> str:
+    """A pause stand-in: busybox sleeping forever as the infra container's PID 1."""
+    reference = "criplex-test/pause:3.9"
+    push(registry, reference, build_busybox_image(cmd=("sleep", "2147483647")))
+    return f"{registry.host}/{reference}"
 
 
 def pods_toml(registry: Registry, etc: Path) -> str:
     (etc / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
     (etc / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    (etc / "hooks.d").mkdir()
     cgroup_parent = f"/criplex-test-{uuid.uuid4().hex[:8]}"
     return (f'[imaged]\nregistries_conf = "{etc}/registries.conf"\nregistries_conf_d = "{etc}/registries.conf.d"\n'
             f'policy = "{etc}/policy.json"\nauth_file = "{etc}/auth.json"\ncerts_dir = "{etc}/certs.d"\n'
-            f'[monitord]\ndefault_cgroup_parent = "{cgroup_parent}"\n'
+            f'pause_image = "{push_pause(registry)}"\n'
+            f'[monitord]\ndefault_cgroup_parent = "{cgroup_parent}"\nhooks_dirs = ["{etc}/hooks.d"]\n'
             f'[monitord.runtimes.runc]\npath = "/usr/sbin/runc"\n'
             f'[monitord.runtimes.runc-alt]\npath = "/usr/sbin/runc"\n'
             f'[gateway]\nreconcile_interval = 2.0\n')
@@ -38,6 +49,7 @@ def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: st
     try:
         run.start()
         pods = Pods(run, image.reference)
+        pods.etc = etc
         pods.client.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image.reference)),
                                     timeout=120)
         yield pods

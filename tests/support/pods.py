@@ -72,6 +72,7 @@ class Pods:
         self.image = image
         self.client: CriClient = run.client()
         self.sandboxes: list[str] = []
+        self.etc = Path()  # where its containers files (registries.conf, hooks.d) are
 
     @property
     def rt(self) -> object:
@@ -110,6 +111,9 @@ class Pods:
                                                 **kwargs))  # type: ignore[arg-type]
         self.start(cid)
         return sid, cid
+
+    def pull(self, reference: str) -> None:
+        self.client.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=reference)), timeout=120)
 
     def exec(self, container_id: str, cmd: list[str], timeout: int = 10) -> api_pb2.ExecSyncResponse:
         return self.client.runtime.ExecSync(
