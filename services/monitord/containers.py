@@ -227,7 +227,8 @@ class Containers:
     async def recover(self) -> None:
         """At start: bring CREATED/RUNNING records in line with what happened while we were down."""
         for name in await asyncio.to_thread(os.listdir, self._layout.exits):
-            if "." not in name:  # conmon's temp files are "<id>.XXXXXX"
+            # conmon's temp files are "<id>.XXXXXX"; a sandbox ID's file is its infra container's.
+            if "." not in name and self._records.sandbox(name) is None:
                 await self.apply_exit(name)
         for record in self._records.containers.values():
             if record.state in LIVE:

@@ -68,6 +68,13 @@ def infra_container_config(sandbox_config: api_pb2.PodSandboxConfig, image: Imag
     return config
 
 
+def infra_spec_inputs(sandbox: SandboxRecord, sandbox_config: api_pb2.PodSandboxConfig, rootfs: str,
+                      image: ImageRecord, host: HostFacts) -> SpecInputs:
+    """What `spec.generate` makes the infra container's config.json from; keyed by the sandbox ID."""
+    return SpecInputs(sandbox.id, sandbox, sandbox_config, infra_container_config(sandbox_config, image), image,
+                      rootfs, host, extra_annotations={"io.kubernetes.cri.container-type": "sandbox"})
+
+
 class InfraContainers:
     """Run, kill, remove and check the infra containers of pods; one per pod at most."""
 
@@ -80,8 +87,7 @@ class InfraContainers:
     async def run(self, sandbox: SandboxRecord, sandbox_config: api_pb2.PodSandboxConfig, rootfs: str,
                   image: ImageRecord, runtime: OciRuntime) -> int:
         """Create and start the pod's infra container; its pid. On failure nothing of it is left."""
-        inputs = SpecInputs(sandbox.id, sandbox, sandbox_config, infra_container_config(sandbox_config, image), image,
-                            rootfs, self._host, extra_annotations={"io.kubernetes.cri.container-type": "sandbox"})
+        inputs = infra_spec_inputs(sandbox, sandbox_config, rootfs, image, self._host)
         bundle = self._layout.bundle(sandbox.id)
         try:
             generated = await asyncio.to_thread(spec.generate, inputs)

@@ -165,21 +165,22 @@ class Sandboxes:
                 raise FailedPrecondition(f"pod sandbox {req.id} is {record.state.value}: a stopped pod cannot start")
             config = parse_config(record.config_json, api_pb2.PodSandboxConfig, "the pod's config")
             infra = needs_infra(config)
-            if infra and not (req.infra_rootfs and req.infra_image is not None):
+            pause = req.infra_image if infra else None
+            if infra and (pause is None or not req.infra_rootfs):
                 raise missing_infra_rootfs(req.id)
             if req.ips and record.uts_path:
                 hostname = Path(record.hostname_path).read_text().strip()
                 await asyncio.to_thread(Path(record.hosts_path).write_text, hosts_content(hostname, req.ips))
             record = dataclasses.replace(record, netns_path=req.netns_path, ips=tuple(req.ips))
-            if infra and req.infra_image is not None:
+            if pause is not None:
                 # The infra container joins the netns, so it can only start now that netd made it.
-                pid = await self._infra.run(record, config, req.infra_rootfs, req.infra_image,
+                pid = await self._infra.run(record, config, req.infra_rootfs, pause,
                                             self._runtimes.get(record.runtime_handler))
                 record = dataclasses.replace(record, infra_container_id=record.id, infra_pid=pid)
             try:
                 return await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.READY))
             except BaseException:
-                if infra:
+                if pause is not None:
                     await asyncio.shield(self._infra.remove(record.id, self._runtimes.find(record.runtime_handler)))
                 raise
 
@@ -188,11 +189,7 @@ class Sandboxes:
         # The kubelet has already stopped the containers gracefully; what is left is killed now.
         live = [c.id for c in self._records.containers_of(sandbox_id) if c.state in LIVE]
         await asyncio.gather(*(self._containers.stop(container_id, 0) for container_id in live))
-        record = self._get(sandbox_id)
-        runtime = self._runtimes.find(record.runtime_handler)
-        if record.infra_container_id and runtime is not None:
-            # Outside the lock: the exit watcher takes it to record the exit this waits for.
-            await self._infra.kill(record.id, runtime)
+        await self._kill_infra(self._get(sandbox_id))
         async with self._locks(sandbox_id):
             record = self._get(sandbox_id)
             if record.state == SandboxState.READY:
@@ -205,12 +202,21 @@ class Sandboxes:
             return RemoveSandboxResponse((), existed=False)
         container_ids = tuple(c.id for c in self._records.containers_of(sandbox_id))
         await asyncio.gather(*(self._containers.remove(container_id) for container_id in container_ids))
+        record = self._records.sandbox(sandbox_id)
+        if record is not None:
+            await self._kill_infra(record)
         async with self._locks(sandbox_id):
             if self._records.sandbox(sandbox_id) is None:
                 return RemoveSandboxResponse(container_ids, existed=False)
             await self._discard(sandbox_id)
         self._locks.forget(sandbox_id)
         return RemoveSandboxResponse(container_ids, existed=True)
+
+    async def _kill_infra(self, record: SandboxRecord) -> None:
+        # Never under the pod's lock: the exit watcher takes it to record the exit this waits for.
+        runtime = self._runtimes.find(record.runtime_handler)
+        if record.infra_container_id and runtime is not None:
+            await self._infra.kill(record.id, runtime)
 
     async def apply_infra_exit(self, sandbox_id: str) -> None:
         """conmon wrote `<exits>/<sandbox id>`: the pod's PID namespace is gone with its infra

@@ -2,7 +2,8 @@
 
 The handlers here only route; the lifecycle lives in `sandboxes.py` and `containers.py`.
 `run()` loads the records, arms the exit watcher, reconciles what happened while monitord
-was down, and then feeds exits to the containers for as long as the daemon lives.
+was down, and then feeds exits to the containers (and a pod's infra container's, named by
+its sandbox ID, to the sandboxes) for as long as the daemon lives.
 """
 
 from __future__ import annotations
@@ -123,12 +124,15 @@ class MonitordService:
         finally:
             watch.close()
 
-    async def _on_exit(self, container_id: str) -> None:
+    async def _on_exit(self, name: str) -> None:
         # One exit that cannot be recorded (a full disk) must not stop the watcher for all others.
         try:
-            await self.containers.apply_exit(container_id)
+            if self.sandboxes.owns_exit(name):
+                await self.sandboxes.apply_infra_exit(name)
+            else:
+                await self.containers.apply_exit(name)
         except Exception:
-            log.exception("recording the exit of container %s failed", container_id)
+            log.exception("recording the exit of %s failed", name)
 
     async def load(self) -> ExitDirWatch:
         """Load, arm the exit watcher, reconcile; handlers are served from here on."""
@@ -140,7 +144,7 @@ class MonitordService:
         watch.start()  # before the scan in recover(): an exit in between is then seen twice, never missed
         try:
             await containers.recover()
-            sandboxes = Sandboxes(self.records, self.layout, self._config, self.runtimes, containers)
+            sandboxes = Sandboxes(self.records, self.layout, self._config, self.runtimes, containers, host)
             await sandboxes.recover()
         except BaseException:
             watch.close()

@@ -47,7 +47,7 @@ from tests.support.runtime import REPO, unmount_below
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "echo", "cat", "ls", "id", "true", "false", "kill", "head", "tr", "printf", "env",
-           "hostname", "pwd", "wc", "dd", "yes", "seq")
+           "hostname", "pwd", "wc", "dd", "yes", "seq", "ps")
 CGROUP_CONTROLLERS = Path("/sys/fs/cgroup")
 
 

@@ -6,6 +6,8 @@ One criplex per test module; each test's pods are stopped and removed when it en
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from tests.support.images import build_busybox_image
 from tests.support.pods import Pods, kill_leftovers
 from tests.support.push import push
 from tests.support.registry import Registry
-from tests.support.runtime import CriplexRun
+from tests.support.runtime import CriplexRun, wait_for
 
 
 def push_pause(registry: Registry) -> str:
@@ -68,7 +70,18 @@ def configured_cgroup_parent(run: CriplexRun) -> str:
 
 
 def remove_cgroups(parent: str) -> None:
-    """The test's cgroup parent in every v1 hierarchy (children first), once empty."""
+    """The test's cgroup parent in every v1 hierarchy (children first).
+
+    Whatever still runs in it after criplex stopped is a container a failed test left:
+    killed here, so one failure cannot leak processes into the rest of the run.
+    """
+    procs = Path("/sys/fs/cgroup/pids") / parent.lstrip("/")
+    for tasks in procs.rglob("cgroup.procs") if procs.is_dir() else ():
+        for pid in tasks.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: not any(t.read_text().strip() for t in procs.rglob("cgroup.procs")) if procs.is_dir()
+             else True, 10, "a failed test's containers to die")
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         base = hierarchy / parent.lstrip("/")
         if not base.is_dir():

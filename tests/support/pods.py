@@ -120,6 +120,10 @@ class Pods:
             api_pb2.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout), timeout=timeout + 20)
 
     def cleanup(self) -> None:
+        """Stop and remove every pod this criplex has (each test module has its own criplex)."""
+        with contextlib.suppress(grpc.RpcError):
+            listed = self.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items
+            self.sandboxes.extend(p.id for p in listed if p.id not in self.sandboxes)
         for sid in self.sandboxes:
             with contextlib.suppress(grpc.RpcError):
                 self.client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
