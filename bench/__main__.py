@@ -1,7 +1,7 @@
 """Run the benchmarks side by side with containerd and print markdown for bench/RESULTS.md.
 
     python -m bench            # everything
-    python -m bench transport  # only the named parts: transport, cri, rss, images
+    python -m bench transport  # only the named parts: transport, cri, rss, images, pods
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main(parts: list[str]) -> None:
-    parts = parts or ["transport", "cri", "rss", "images"]
+    parts = parts or ["transport", "cri", "rss", "images", "pods"]
     print(f"# criplex bench, {time.strftime('%Y-%m-%d')}\n\nMachine: {_machine()}\n")
     if "transport" in parts:
         print("## nng hop (client process → daemon process, trivial method)\n")
@@ -71,6 +71,10 @@ def main(parts: list[str]) -> None:
             containerd.stop()
         if criplex is not None:
             criplex.stop()
+    if "pods" in parts:
+        from bench import pods
+
+        pods.run()
 
 
 if __name__ == "__main__":

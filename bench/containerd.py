@@ -15,7 +15,8 @@ from shared.cri.client import CriClient
 
 
 class Containerd:
-    def __init__(self, registry_host: str = "", sandbox_image: str = "registry.k8s.io/pause:3.9") -> None:
+    def __init__(self, registry_host: str = "", sandbox_image: str = "registry.k8s.io/pause:3.9",
+                 loopback_cni: bool = False) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="cxc-", dir="/tmp"))
         self.socket = self.base / "state" / "containerd.sock"
         certs = self.base / "certs.d"
@@ -26,6 +27,9 @@ class Containerd:
                 '  capabilities = ["pull", "resolve"]\n')
         cni = self.base / "cni"
         cni.mkdir()
+        cni_bin = "/usr/lib/cni"
+        if loopback_cni:
+            cni_bin = str(self._loopback_only_cni(cni))
         self.config = self.base / "config.toml"
         self.config.write_text(f"""version = 2
 root = "{self.base}/root"
@@ -48,12 +52,33 @@ oom_score = 0
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{cni_bin}"
     conf_dir = "{cni}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
 """)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _loopback_only_cni(self, conf_dir: Path) -> Path:
+        """A network that costs what criplex's loopback-only one does, and no bridge.
+
+        containerd 1.6 always runs its own loopback network, and then insists that the default
+        network report an eth0 ("failed to find network info"). So the default network is a shell
+        plugin that reports an eth0 it never makes; its bin dir also links the real loopback plugin.
+        """
+        bin_dir = self.base / "cni-bin"
+        bin_dir.mkdir()
+        (bin_dir / "loopback").symlink_to("/usr/lib/cni/loopback")
+        plugin = bin_dir / "bench-eth0"
+        plugin.write_text(
+            '#!/bin/sh\ncase "$CNI_COMMAND" in\n'
+            'ADD) printf \'{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"%s"}],'
+            '"ips":[{"address":"10.255.0.2/32","interface":0}]}\' "$CNI_NETNS" ;;\n'
+            'VERSION) printf \'{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}\' ;;\nesac\n')
+        plugin.chmod(0o755)
+        (conf_dir / "10-lo.conflist").write_text(
+            '{"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "bench-eth0"}]}')
+        return bin_dir
 
     def start(self) -> Containerd:
         log = open(self.base / "containerd.log", "wb")  # noqa: SIM115 - lives as long as the process

@@ -187,7 +187,7 @@ class ViewSync:
 
     async def run(self) -> None:
         sub = EventSubscriber("monitord", self._config, (STATE_TOPIC,))
-        sub.on_connect(lambda: self.request_relist('connect'))  # TEMP until on_resync
+        sub.on_resync(self.request_relist)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._consume(sub))

@@ -51,14 +51,35 @@ def test_status_is_ready_with_verbose_config_and_daemon_info(criplex):
     daemons = json.loads(status.info["daemons"])
     assert set(daemons) == {"imaged", "storaged", "netd", "monitord"}
     assert all(d["connected"] and d["ready"] for d in daemons.values())
-    assert [h.name for h in status.runtime_handlers] == ["runc"]
+    # The default handler again under "", as the kubelet looks it up.
+    assert [h.name for h in status.runtime_handlers] == ["", "runc"]
 
 
-def test_not_yet_built_rpc_answers_unimplemented_naming_the_area(criplex):
+def test_not_yet_built_rpc_answers_unimplemented_naming_the_area_and_is_logged(criplex):
     with criplex.client() as c, pytest.raises(grpc.RpcError) as err:
-        c.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(), timeout=5)
+        c.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "pod sandboxes" in err.value.details()
+    assert "checkpoint" in err.value.details()
+    # It goes through the one instrumented path: a log line like every other call's.
+    wait_for(lambda: "CheckpointContainer failed (UNIMPLEMENTED)" in criplex.log("gateway"), 10,
+             "the gateway to log the UNIMPLEMENTED call")
+
+
+def test_undecodable_request_is_invalid_argument_and_logged_at_most_once_a_second(criplex):
+    with criplex.client() as c:
+        raw = c.channel.unary_unary("/runtime.v1.RuntimeService/ContainerStatus",
+                                    request_serializer=lambda m: m, response_deserializer=lambda b: b)
+        started = time.monotonic()
+        for _ in range(200):
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\xff\xff\xff\xff", timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid ContainerStatusRequest" in err.value.details()
+        elapsed = time.monotonic() - started
+    wait_for(lambda: "undecodable" in criplex.log("gateway"), 10, "the log line")
+    lines = [line for line in criplex.log("gateway").splitlines() if "undecodable" in line]
+    assert 1 <= len(lines) <= elapsed + 2
+    assert "Traceback" not in criplex.log("gateway")
 
 
 def test_unknown_rpc_answers_unimplemented(criplex):
