@@ -87,6 +87,10 @@ class Pods:
 
     def create(self, sandbox_id: str, config: api_pb2.ContainerConfig,
                sandbox: api_pb2.PodSandboxConfig | None = None) -> str:
+        if sandbox is not None and not config.linux.security_context.HasField("namespace_options"):
+            # The kubelet repeats the pod's namespace options in every container's config.
+            config.linux.security_context.namespace_options.CopyFrom(
+                sandbox.linux.security_context.namespace_options)
         return self.client.runtime.CreateContainer(api_pb2.CreateContainerRequest(
             pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox or api_pb2.PodSandboxConfig()),
             timeout=60).container_id
