@@ -41,7 +41,7 @@ WARM_UP = 5
 SEQUENTIAL = 40
 RUNNING = 50
 CONCURRENT_PODS, IN_FLIGHT = 30, 10
-LIFECYCLES = 25
+LIFECYCLES, CPU_BATCHES = 20, 3
 LIST_CALLS = 2000
 EXEC_CALLS = 100
 PROFILED = 30
@@ -84,7 +84,7 @@ class Figures:
     concurrent_wall_s: float
     calls: list[Summary]
     exec_p50_s: float
-    cpu_s_per_lifecycle: float
+    cpu_s_per_lifecycle: list[float]  # one figure per batch: the machine is shared, so the least is the cleanest
     wall_s_per_lifecycle: float
     rss_mb: float
     rss_what: str
@@ -247,17 +247,30 @@ async def _measure(target: Target, pods: Pods) -> Figures:
     concurrent_wall = time.perf_counter() - started
     await pods.stop_all()
 
-    cpu_before, wall_before = cpu_busy_s(), time.perf_counter()
-    for _ in range(LIFECYCLES):
-        await pods.stop((await pods.start()).sandbox_id)
-    cpu = (cpu_busy_s() - cpu_before) / LIFECYCLES
-    wall = (time.perf_counter() - wall_before) / LIFECYCLES
+    cpu, walls = [], []
+    for _ in range(CPU_BATCHES):
+        cpu_before, wall_before = cpu_busy_s(), time.perf_counter()
+        for _ in range(LIFECYCLES):
+            await pods.stop((await pods.start()).sandbox_id)
+        cpu.append((cpu_busy_s() - cpu_before) / LIFECYCLES)
+        walls.append((time.perf_counter() - wall_before) / LIFECYCLES)
+    wall = min(walls)
     return Figures(target.name, starts, stops, concurrent_wall, calls, statistics.median(exec_latencies), cpu, wall,
                    rss, f"{len(target.daemons())} daemon(s) + {len(helpers)} {target.helper.decode()}", len(helpers))
 
 
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def runc_floor(rounds: int = 30) -> tuple[float, float]:
-    """`runc run -d` and `runc delete -f` of a busybox bundle: what any runc-based runtime pays at least."""
+    """`runc run -d`, then `runc kill` + `runc delete`, of a busybox bundle: what any runc-based runtime pays.
+
+    Not `runc delete -f`: that polls for the exit every 100 ms, which no CRI runtime waits for.
+    """
     work = Path(tempfile.mkdtemp(prefix="bench-runc-", dir="/tmp"))
     parent = f"/bench-runc-{uuid.uuid4().hex[:8]}"
     root = ["runc", "--root", str(work / "state")]
@@ -282,11 +295,16 @@ def runc_floor(rounds: int = 30) -> tuple[float, float]:
             subprocess.run([*root, "run", "-d", "-b", str(work / "bundle"), f"c{i}"], check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t1 = time.perf_counter()
-            subprocess.run([*root, "delete", "-f", f"c{i}"], check=True)
+            pid = json.loads(subprocess.run([*root, "state", f"c{i}"], check=True, capture_output=True).stdout)["pid"]
             t2 = time.perf_counter()
+            subprocess.run([*root, "kill", f"c{i}", "KILL"], check=True)
+            while not gone(pid):
+                time.sleep(0.0005)
+            subprocess.run([*root, "delete", f"c{i}"], check=True)
+            t3 = time.perf_counter()
             if i >= 3:
                 runs.append(t1 - t0)
-                deletes.append(t2 - t1)
+                deletes.append(t3 - t2)
         return statistics.median(runs), statistics.median(deletes)
     finally:
         for line in subprocess.run([*root, "list", "-q"], capture_output=True, text=True).stdout.split():
@@ -445,7 +463,7 @@ def report(figures: list[Figures], floor: tuple[float, float]) -> None:
                  p50([s.remove_container_s for s in f.stops]), p50([s.stop_sandbox_s for s in f.stops]),
                  p50([s.remove_sandbox_s for s in f.stops])]
         print(f"| {f.runtime} | " + " | ".join(ms(v) for v in steps) + " |")
-    print(f"| `runc delete -f` alone (floor) | {ms(floor[1])} | | | | |\n")
+    print(f"| `runc kill KILL` + exit + `runc delete` alone (floor) | {ms(floor[1])} | | | | |\n")
     print(f"### {CONCURRENT_PODS} pod starts, {IN_FLIGHT} in flight\n\n| runtime | wall s | pods/s |\n|---|---|---|")
     for f in figures:
         print(f"| {f.runtime} | {f.concurrent_wall_s:.2f} | {CONCURRENT_PODS / f.concurrent_wall_s:.1f} |")
@@ -457,12 +475,13 @@ def report(figures: list[Figures], floor: tuple[float, float]) -> None:
     for f in figures:
         print(f"| {f.runtime} | {ms(f.exec_p50_s)} |")
     print(f"\n### Cost\n\nCPU: busy seconds of the whole machine (/proc/stat, client included) over {LIFECYCLES} "
-          f"sequential lifecycles (start + stop + remove), divided by {LIFECYCLES}.\n")
-    print(f"| runtime | CPU s per lifecycle | wall s per lifecycle | RSS MB with {RUNNING} pods | processes |\n"
-          "|---|---|---|---|---|")
+          f"sequential lifecycles (start + stop + remove), divided by {LIFECYCLES}; {CPU_BATCHES} batches.\n")
+    print(f"| runtime | CPU s per lifecycle, least | each batch | wall s per lifecycle | RSS MB with {RUNNING} pods "
+          "| processes |\n|---|---|---|---|---|---|")
     for f in figures:
-        print(f"| {f.runtime} | {f.cpu_s_per_lifecycle:.3f} | {f.wall_s_per_lifecycle:.3f} | {f.rss_mb:.0f} "
-              f"| {f.rss_what} |")
+        print(f"| {f.runtime} | {min(f.cpu_s_per_lifecycle):.3f} | "
+              + ", ".join(f"{c:.3f}" for c in f.cpu_s_per_lifecycle)
+              + f" | {f.wall_s_per_lifecycle:.3f} | {f.rss_mb:.0f} | {f.rss_what} |")
     print()
     goals(*figures)
 
@@ -489,8 +508,8 @@ def goals(ours: Figures, theirs: Figures) -> None:
     rows += [
         ("ExecSync p50 ≤ containerd's", ms(ours.exec_p50_s), ms(theirs.exec_p50_s),
          ours.exec_p50_s <= theirs.exec_p50_s),
-        ("CPU s per lifecycle ≤ containerd's", f"{ours.cpu_s_per_lifecycle:.3f}", f"{theirs.cpu_s_per_lifecycle:.3f}",
-         ours.cpu_s_per_lifecycle <= theirs.cpu_s_per_lifecycle),
+        ("CPU s per lifecycle ≤ containerd's (least batch)", f"{min(ours.cpu_s_per_lifecycle):.3f}",
+         f"{min(theirs.cpu_s_per_lifecycle):.3f}", min(ours.cpu_s_per_lifecycle) <= min(theirs.cpu_s_per_lifecycle)),
         (f"RSS with 50 pods ≤ 2{TIMES} containerd+shims", f"{ours.rss_mb:.0f} MB", f"{theirs.rss_mb:.0f} MB",
          ours.rss_mb <= 2 * theirs.rss_mb),
     ]

@@ -55,10 +55,10 @@ def _prepare_socket(path: Path) -> None:
 
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
+    # A signal asks for a stop; cancelling the main task instead would cut grpc's own shutdown short.
+    stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main_task.cancel)
+        loop.add_signal_handler(sig, stopping.set)
     tracing = Tracing("gateway", config.tracing)
     gateway = Gateway(config, tracing)
     limit = config.transport.max_message_bytes
@@ -74,15 +74,26 @@ async def serve(config: Config) -> None:
     await server.start()
     os.chmod(socket_path, int(config.gateway.socket_mode, 8))
     log.info("serving CRI v1 on unix://%s", socket_path)
+    background = [asyncio.create_task(work, name=name) for name, work in (
+        ("health", gateway.health.run()), ("view", gateway.view_sync.run()),
+        ("reconciler", gateway.reconciler.run()))]
+    for task in background:
+        task.add_done_callback(lambda t: _background_ended(t, stopping))
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(gateway.health.run())
-            group.create_task(gateway.view_sync.run())
-            group.create_task(gateway.reconciler.run())
-            group.create_task(server.wait_for_termination())
-    except asyncio.CancelledError:
+        await stopping.wait()
         log.info("gateway stopping")
     finally:
         await server.stop(grace=2.0)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         gateway.close()
         tracing.shutdown()
+
+
+def _background_ended(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    """Background work only ends at shutdown; anything else is a bug worth a restart."""
+    if task.cancelled() or stopping.is_set():
+        return
+    log.error("gateway background task %s ended: %r; stopping", task.get_name(), task.exception())
+    stopping.set()

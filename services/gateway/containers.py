@@ -33,10 +33,10 @@ def require(record: ContainerRecord | None, id_: str) -> ContainerRecord:
     return record
 
 
-def image_spec(record: ContainerRecord, config: api_pb2.ContainerConfig) -> api_pb2.ImageSpec:
+def image_spec(config: api_pb2.ContainerConfig) -> api_pb2.ImageSpec:
+    """The image as the kubelet named it (crictl shows this); the ID is in `image_id`."""
     spec = api_pb2.ImageSpec()
     spec.CopyFrom(config.image)
-    spec.image = record.image_id
     spec.user_specified_image = config.image.user_specified_image or config.image.image
     return spec
 
@@ -46,7 +46,7 @@ def to_cri_container(record: ContainerRecord, config: api_pb2.ContainerConfig) -
         id=record.id,
         pod_sandbox_id=record.sandbox_id,
         metadata=config.metadata,
-        image=image_spec(record, config),
+        image=image_spec(config),
         image_ref=record.image_ref,
         image_id=record.image_id,
         state=CRI_STATE[record.state],
@@ -65,7 +65,7 @@ def to_cri_status(record: ContainerRecord, config: api_pb2.ContainerConfig) -> a
         started_at=record.started_at,
         finished_at=record.finished_at,
         exit_code=record.exit_code,
-        image=image_spec(record, config),
+        image=image_spec(config),
         image_ref=record.image_ref,
         image_id=record.image_id,
         reason=record.reason,

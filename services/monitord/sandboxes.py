@@ -26,6 +26,7 @@ from services.monitord.oci_runtime import RuntimeHandlers
 from services.monitord.records import StateRecords
 from services.monitord.sandbox_files import hosts_content, mount_shm, resolv_content, unmount
 from services.monitord.spec.inputs import HostFacts
+from services.monitord.spec.namespaces import pod_hostname
 from shared import nsfs
 from shared.config import MonitordConfig, parse_size
 from shared.cri import api_pb2
@@ -100,7 +101,7 @@ class Sandboxes:
         options = config.linux.security_context.namespace_options
         host_ipc = options.ipc == api_pb2.NODE
         host_network = options.network == api_pb2.NODE
-        hostname = config.hostname or (os.uname().nodename if host_network else config.metadata.name)
+        hostname = pod_hostname(config)
         pins: dict[str, Path] = {}
         if not host_ipc:
             pins["ipc"] = directory / "ipc"
@@ -189,11 +190,12 @@ class Sandboxes:
         # The kubelet has already stopped the containers gracefully; what is left is killed now.
         live = [c.id for c in self._records.containers_of(sandbox_id) if c.state in LIVE]
         await asyncio.gather(*(self._containers.stop(container_id, 0) for container_id in live))
-        await self._kill_infra(self._get(sandbox_id))
+        # NOTREADY before the infra container dies, so its exit reads as asked for, not as a failure.
         async with self._locks(sandbox_id):
             record = self._get(sandbox_id)
             if record.state == SandboxState.READY:
                 await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.NOTREADY))
+        await self._kill_infra(self._get(sandbox_id))
         return StopSandboxResponse(tuple(live))
 
     async def remove(self, sandbox_id: str) -> RemoveSandboxResponse:

@@ -37,7 +37,8 @@ def _security(**fields):
 def test_minimal_spec_is_runc_shaped_and_serialisable(rootfs):
     generated = generate(inputs(rootfs, sandbox=POD, image=image(entrypoint=("/bin/sh",), cmd=("-c", "true"),
                                                                    user="web", stop_signal="QUIT"),
-                                config=container_config()))
+                                config=container_config(linux=_security(seccomp=api_pb2.SecurityProfile(
+                                    profile_type=api_pb2.SecurityProfile.RuntimeDefault)))))
     spec = json.loads(json.dumps(generated.spec))
     assert spec["ociVersion"] == "1.0.2"
     assert spec["process"]["args"] == ["/bin/sh", "-c", "true"]
@@ -95,12 +96,12 @@ def test_security_context_fields_land_in_the_spec(rootfs):
     assert spec["linux"]["resources"]["memory"]["limit"] == 1 << 30
 
 
-def test_host_namespaces_pod_gets_no_hostname_and_binds_host_mqueue(rootfs):
+def test_host_namespaces_pod_gets_no_hostname_and_a_fresh_mqueue_mount(rootfs):
     spec = generate(inputs(rootfs, sandbox=sandbox())).spec
     assert "hostname" not in spec
     assert {n["type"] for n in spec["linux"]["namespaces"]} == {"mount", "pid", "cgroup"}
     mqueue = next(m for m in spec["mounts"] if m["destination"] == "/dev/mqueue")
-    assert mqueue["type"] == "bind"
+    assert mqueue["type"] == "mqueue"  # in the host's IPC namespace it shows the host's queues
 
 
 def test_sysctls_and_annotations(rootfs):

@@ -9,7 +9,6 @@ missing bind-mount source directory (as CRI-O and Docker do for hostPath volumes
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 from services.monitord.spec import cdi, hooks
@@ -17,7 +16,7 @@ from services.monitord.spec.capabilities import container_capabilities
 from services.monitord.spec.devices import cri_devices, default_device_rules, host_devices
 from services.monitord.spec.inputs import GeneratedSpec, SpecInputs
 from services.monitord.spec.mounts import cri_mounts, default_mounts, has_bind_mounts, pod_file_mounts
-from services.monitord.spec.namespaces import container_namespaces
+from services.monitord.spec.namespaces import container_namespaces, pod_hostname
 from services.monitord.spec.process import process_args, process_env, stop_signal, working_dir
 from services.monitord.spec.resources import cgroups_path, linux_resources, oom_score_adj
 from services.monitord.spec.seccomp import seccomp_choice, seccomp_profile
@@ -52,7 +51,7 @@ def generate(inputs: SpecInputs) -> GeneratedSpec:
     config, sandbox, host, image = inputs.config, inputs.sandbox, inputs.host, inputs.image
     sc = config.linux.security_context
     privileged = sc.privileged
-    hostname = inputs.sandbox_config.hostname or socket.gethostname()
+    hostname = pod_hostname(inputs.sandbox_config)
 
     argv = process_args(tuple(config.command), tuple(config.args), image.entrypoint, image.cmd)
     cdi_edits = cdi.resolve_devices([d.name for d in config.CDI_devices], host.cdi_dirs)

@@ -41,11 +41,9 @@ def default_mounts(sandbox: SandboxRecord, privileged: bool) -> list[dict[str, A
                                                 "gid=5"]),
         shm_mount(sandbox),
     ]
-    if sandbox.ipc_path:
-        mounts.append(mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]))
-    else:
-        # In the host's IPC namespace a fresh mqueue mount would be the host's anyway; bind it.
-        mounts.append(mount("/dev/mqueue", "bind", "/dev/mqueue", ["rbind", "rprivate", "nosuid", "noexec", "nodev"]))
+    # In the host's IPC namespace a fresh mqueue mount shows the host's queues, so no bind of
+    # the host's /dev/mqueue is needed (many hosts have none mounted).
+    mounts.append(mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]))
     mounts.append(mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro]))
     mounts.append(mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", *ro]))
     return mounts

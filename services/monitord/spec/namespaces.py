@@ -6,6 +6,8 @@ An OCI namespace left out of the list means the runtime's own, i.e. the host's.
 
 from __future__ import annotations
 
+import os
+
 from shared.cri import api_pb2
 from shared.errors import FailedPrecondition, InvalidArgument
 from shared.schema.monitord import SandboxRecord
@@ -41,3 +43,12 @@ def pid_namespace(pid_mode: int, sandbox: SandboxRecord, target_pid: int) -> dic
             raise InvalidArgument("PID namespace mode TARGET needs a running target container")
         return {"type": "pid", "path": f"/proc/{target_pid}/ns/pid"}
     return {"type": "pid"}
+
+
+def pod_hostname(config: api_pb2.PodSandboxConfig) -> str:
+    """The pod's hostname: its config's, else the node's, as with containerd and CRI-O.
+
+    Never the pod's name: critest's (and many real) pod names are longer than the 64
+    bytes a hostname may have.
+    """
+    return config.hostname or os.uname().nodename

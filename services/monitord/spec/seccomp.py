@@ -1,8 +1,9 @@
 """Which seccomp profile a container gets, rendered as OCI `linux.seccomp`.
 
 The CRI's `seccomp` field wins; without it the deprecated `seccomp_profile_path` string
-decides, and an empty one means RuntimeDefault (CRI-O's `seccomp_use_default_when_empty`).
-A privileged container is unconfined.
+decides, and an empty one means unconfined, as with containerd and as the CRI conformance
+tests expect (a kubelet that wants RuntimeDefault says so: its SeccompDefault feature sends
+it explicitly). A privileged container is unconfined.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def seccomp_choice(
             return SeccompChoice("localhost", _localhost_path(profile.localhost_ref, localhost_root))
         return SeccompChoice(RUNTIME_DEFAULT)
     legacy = sc.seccomp_profile_path
-    if legacy in ("", RUNTIME_DEFAULT, "docker/default"):
+    if legacy in (RUNTIME_DEFAULT, "docker/default"):
         return SeccompChoice(RUNTIME_DEFAULT)
-    if legacy == UNCONFINED:
+    if legacy in ("", UNCONFINED):  # nothing asked: unconfined, as containerd and the CRI tests expect
         return SeccompChoice(UNCONFINED)
     if legacy.startswith("localhost/"):
         return SeccompChoice("localhost", _localhost_path(legacy.removeprefix("localhost/"), localhost_root))

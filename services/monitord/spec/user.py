@@ -69,6 +69,8 @@ class UserRequest:
 
 def user_request(sc: api_pb2.LinuxContainerSecurityContext, image_user: str) -> UserRequest:
     """The CRI's run_as_user / run_as_username (+ run_as_group) override the image's User."""
+    if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     user, _, group = image_user.partition(":")
     if sc.HasField("run_as_user"):
         user, group = str(sc.run_as_user.value), ""
