@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from shared.cri import api_pb2
 from shared.schema.monitord import CONTAINER_STATS, ContainerRecord, ContainerState, ContainerStats, StatsRequest
+from shared.schema.storaged import ROOTFS_USAGE, RootfsUsage, RootfsUsageRequest
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -16,7 +19,7 @@ def _u64(value: int) -> api_pb2.UInt64Value:
 
 
 def to_cri_stats(record: ContainerRecord, config: api_pb2.ContainerConfig, stats: ContainerStats | None,
-                 storage_mount: str) -> api_pb2.ContainerStats:
+                 storage_mount: str, writable: RootfsUsage | None) -> api_pb2.ContainerStats:
     out = api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(
         id=record.id, metadata=config.metadata, labels=config.labels, annotations=config.annotations))
     if stats is not None:
@@ -28,8 +31,11 @@ def to_cri_stats(record: ContainerRecord, config: api_pb2.ContainerConfig, stats
         out.memory.rss_bytes.CopyFrom(_u64(stats.memory_rss_bytes))
         out.memory.page_faults.CopyFrom(_u64(stats.memory_page_faults))
         out.memory.major_page_faults.CopyFrom(_u64(stats.memory_major_page_faults))
-        out.writable_layer.timestamp = stats.timestamp_ns
     out.writable_layer.fs_id.mountpoint = storage_mount
+    if writable is not None:
+        out.writable_layer.timestamp = stats.timestamp_ns if stats is not None else time.time_ns()
+        out.writable_layer.used_bytes.value = writable.bytes
+        out.writable_layer.inodes_used.value = writable.inodes
     return out
 
 
@@ -37,11 +43,23 @@ async def container_stats(gw: Gateway, records: list[ContainerRecord], timeout: 
                           ) -> list[api_pb2.ContainerStats]:
     running = tuple(r.id for r in records if r.state is ContainerState.RUNNING)
     found: dict[str, ContainerStats] = {}
-    if running:
-        response = await gw.monitord.call(CONTAINER_STATS, StatsRequest(running), timeout)
-        found = {s.id: s for s in response.stats}
+    written: dict[str, RootfsUsage] = {}
+    cgroups = gw.monitord.call(CONTAINER_STATS, StatsRequest(running), timeout) if running else None
+    uppers = gw.storaged.call(ROOTFS_USAGE, RootfsUsageRequest(tuple(r.id for r in records)), timeout)
+    cgroup_stats, upper_usage = await asyncio.gather(cgroups or _none(), uppers, return_exceptions=True)
+    if isinstance(cgroup_stats, BaseException):
+        raise cgroup_stats
+    if cgroup_stats is not None:
+        found = {s.id: s for s in cgroup_stats.stats}
+    if not isinstance(upper_usage, BaseException):  # storaged down: stats without the disk figure
+        written = {u.container_id: u for u in upper_usage.usage}
     mount = str(gw.config.state_dir("storaged"))
-    return [to_cri_stats(r, gw.view.container_config(r), found.get(r.id), mount) for r in records]
+    return [to_cri_stats(r, gw.view.container_config(r), found.get(r.id), mount, written.get(r.id))
+            for r in records]
+
+
+async def _none() -> None:
+    return None
 
 
 def pod_stats(gw: Gateway, sandbox_id: str, containers: list[api_pb2.ContainerStats],

@@ -17,14 +17,15 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.storaged.layer_store import TRASH_PREFIX, remove_tree
 from services.storaged.mount import is_mountpoint, mount_overlay, unmount
+from services.storaged.usage import disk_usage
 from shared.errors import AlreadyExists, CriplexError, Internal, InvalidArgument
-from shared.schema.storaged import Rootfs
+from shared.schema.storaged import Rootfs, RootfsUsage
 from shared.state import RecordStore, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ class RootfsStore:
 
     def container_ids(self) -> list[str]:
         return [r.container_id for r in self._records.values()]
+
+    def usage(self, container_ids: Iterable[str]) -> list[RootfsUsage]:
+        """Bytes and inodes of each known container's upper dir (blocking: run it in a thread)."""
+        out = []
+        for container_id in container_ids:
+            if container_id in self._records:
+                used = disk_usage(self.containers_dir / container_id / "upper")
+                out.append(RootfsUsage(container_id, used.bytes, used.inodes))
+        return out
 
     def chains(self) -> set[str]:
         return {r.chain_id for r in self._records.values()}

@@ -28,6 +28,7 @@ from shared.schema.storaged import (
     HAS_LAYERS,
     LIST_ROOTFS,
     REMOVE_ROOTFS,
+    ROOTFS_USAGE,
     SET_IMAGE_LAYERS,
     SYNC_IMAGES,
     ApplyLayerRequest,
@@ -44,6 +45,8 @@ from shared.schema.storaged import (
     RemoveRootfsRequest,
     RemoveRootfsResponse,
     Rootfs,
+    RootfsUsageRequest,
+    RootfsUsageResponse,
     SyncImagesRequest,
     SyncImagesResponse,
 )
@@ -73,6 +76,7 @@ class StoragedService:
         server.register(CREATE_ROOTFS, self._once_loaded(self.create_rootfs))
         server.register(REMOVE_ROOTFS, self._once_loaded(self.remove_rootfs))
         server.register(LIST_ROOTFS, self._once_loaded(self.list_rootfs))
+        server.register(ROOTFS_USAGE, self._once_loaded(self.rootfs_usage))
         server.register(FS_USAGE, self._once_loaded(self.fs_usage))
 
     def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
@@ -162,6 +166,10 @@ class StoragedService:
 
     async def list_rootfs(self, _req: ListRootfsRequest) -> ListRootfsResponse:
         return ListRootfsResponse(tuple(self.rootfs.container_ids()))
+
+    async def rootfs_usage(self, req: RootfsUsageRequest) -> RootfsUsageResponse:
+        """A container's writable layer, for the kubelet's stats (and its ephemeral-storage eviction)."""
+        return RootfsUsageResponse(tuple(await asyncio.to_thread(self.rootfs.usage, req.container_ids)))
 
     # -- usage ---------------------------------------------------------------------------------
 

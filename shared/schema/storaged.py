@@ -102,6 +102,23 @@ class ListRootfsResponse:
 
 
 @dataclass(frozen=True)
+class RootfsUsageRequest:
+    container_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RootfsUsage:
+    container_id: str
+    bytes: int  # what the container wrote: its upper dir
+    inodes: int
+
+
+@dataclass(frozen=True)
+class RootfsUsageResponse:
+    usage: tuple[RootfsUsage, ...]  # containers without a rootfs are left out
+
+
+@dataclass(frozen=True)
 class FsUsageRequest:
     pass
 
@@ -124,4 +141,5 @@ SYNC_IMAGES = Method("sync_images", SyncImagesRequest, SyncImagesResponse)
 CREATE_ROOTFS = Method("create_rootfs", CreateRootfsRequest, Rootfs)
 REMOVE_ROOTFS = Method("remove_rootfs", RemoveRootfsRequest, RemoveRootfsResponse)
 LIST_ROOTFS = Method("list_rootfs", ListRootfsRequest, ListRootfsResponse)
+ROOTFS_USAGE = Method("rootfs_usage", RootfsUsageRequest, RootfsUsageResponse)
 FS_USAGE = Method("fs_usage", FsUsageRequest, FsUsage)

@@ -15,13 +15,17 @@ from tests.support.runtime import wait_for
 
 
 def test_container_and_pod_stats_come_from_cgroups(pod: Pods):
-    sid, cid = pod.run_container(["sh", "-c", "x=$(busybox seq 1 200000); sleep 3600"])
+    sid, cid = pod.run_container(["sh", "-c", "x=$(busybox seq 1 200000); busybox dd if=/dev/zero of=/written "
+                                              "bs=1M count=3 2>/dev/null; sleep 3600"])
     rt = pod.client.runtime
     wait_for(lambda: rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid), timeout=10)
              .stats.memory.working_set_bytes.value > 0, 20, "memory figures")
     stats = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid), timeout=10).stats
     assert stats.attributes.id == cid
     assert stats.cpu.usage_core_nano_seconds.value > 0
+    wait_for(lambda: rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid), timeout=10)
+             .stats.writable_layer.used_bytes.value >= 3 << 20, 20, "the writable layer's 3 MiB")
+    assert stats.writable_layer.fs_id.mountpoint
     listed = rt.ListContainerStats(api_pb2.ListContainerStatsRequest(filter=api_pb2.ContainerStatsFilter(
         pod_sandbox_id=sid)), timeout=10).stats
     assert [s.attributes.id for s in listed] == [cid]
