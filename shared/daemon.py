@@ -14,10 +14,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shared.config import Config, load_config
 from shared.errors import ConfigError
@@ -26,6 +26,9 @@ from shared.tracing import Tracing
 from shared.transport import DaemonServer, EventPublisher
 
 log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,18 @@ class Service(Protocol):
         """Background work; returns when the service has none, is cancelled at shutdown."""
 
     def readiness(self) -> Readiness: ...
+
+
+def when_ready(ready: asyncio.Event, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
+    """`handler`, but calls that arrive while the daemon loads and recovers its state wait for
+    that (within their deadline): the gateway and the other daemons start at the same time,
+    and an answer from records recovery is about to correct would be stale."""
+
+    async def wrapped(request: Req) -> Resp:
+        await ready.wait()
+        return await handler(request)
+
+    return wrapped
 
 
 def setup_logging(service: str, level: str) -> None:

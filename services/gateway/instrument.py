@@ -37,6 +37,22 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Serialized:
+    """A response already serialized (from a cache): sent as it is."""
+
+    data: bytes
+
+
+def serializer(cls: Any) -> Callable[[Any], bytes]:
+    def serialize(response: Any) -> bytes:
+        if type(response) is Serialized:
+            return response.data
+        return cls.SerializeToString(response)  # type: ignore[no-any-return]
+
+    return serialize
+
+
+@dataclass(frozen=True)
 class Undecodable:
     """Stands in for a request whose bytes are not the method's message."""
 

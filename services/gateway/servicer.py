@@ -44,7 +44,14 @@ from services.gateway import (
     update_runtime_config,
     version,
 )
-from services.gateway.instrument import Handler, StreamHandler, instrument, instrument_stream, tolerant_deserializer
+from services.gateway.instrument import (
+    Handler,
+    StreamHandler,
+    instrument,
+    instrument_stream,
+    serializer,
+    tolerant_deserializer,
+)
 from shared.cri import api_pb2
 from shared.errors import Unimplemented
 
@@ -129,7 +136,7 @@ def _service_handler(gateway: Gateway, service: descriptor.ServiceDescriptor) ->
         request_cls = factory.GetMessageClass(m.input_type)
         response_cls = factory.GetMessageClass(m.output_type)
         kwargs = {"request_deserializer": tolerant_deserializer(request_cls),
-                  "response_serializer": response_cls.SerializeToString}
+                  "response_serializer": serializer(response_cls)}
         if m.server_streaming:
             stream = STREAM_ROUTES.get(m.name) or _unimplemented_stream(m.name)
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(

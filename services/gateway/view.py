@@ -63,6 +63,10 @@ class StateView:
     _listeners: list[Callable[[StateChange], None]] = field(default_factory=list)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     relists: int = 0
+    # Changes with every applied change: answers built from the view are cached under it.
+    generation: int = 0
+    _memo: dict[str, bytes] = field(default_factory=dict)
+    _memo_generation: int = -1
     _floor: int = 0
 
     # --- applying what monitord says --------------------------------------------------
@@ -105,6 +109,7 @@ class StateView:
         self._tombstones[id_] = revision
 
     def _notify(self, change: StateChange) -> None:
+        self.generation += 1
         for listener in list(self._listeners):
             listener(change)
 
@@ -123,6 +128,17 @@ class StateView:
         self._tombstones = {k: v for k, v in self._tombstones.items() if v > self._floor}
         self.relists += 1
         self.synced.set()
+
+    def memo(self, key: str, build: Callable[[], bytes]) -> bytes:
+        """`build()`'s bytes, built once per generation: the kubelet lists every second, and
+        most of those lists find nothing changed."""
+        if self._memo_generation != self.generation:
+            self._memo.clear()
+            self._memo_generation = self.generation
+        cached = self._memo.get(key)
+        if cached is None:
+            cached = self._memo[key] = build()
+        return cached
 
     def subscribe(self, listener: Callable[[StateChange], None]) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from services.imaged.inflight import KeyedLock
 from services.imaged.reference import ImageReference, parse_reference
 from shared.errors import CriplexError, InvalidArgument
+from shared.locks import KeyedLock
 from shared.schema.imaged import ImageRecord
 from shared.state import RecordStore
 
@@ -79,7 +79,9 @@ class ImageStore:
 
     def image_lock(self, image_id: str) -> AbstractAsyncContextManager[None]:
         """Held around "storaged reference + record" steps of one image (pull and removal),
-        so that neither sees the other half done (see inflight.KeyedLock)."""
+        so that neither sees the other half done: otherwise a removal could release the
+        reference between a pull's two steps and leave a record whose layers storaged is
+        free to delete."""
         return self._image_locks.hold(image_id)
 
     def get(self, image_id: str) -> ImageRecord | None:

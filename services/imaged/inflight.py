@@ -8,9 +8,6 @@ fanned out to every caller, late joiners first catching up on bytes so far.
 
 `SyncGate` keeps storaged's resync (which drops references imaged does not list)
 from running while a pull has layers in storaged that no record names yet.
-
-`KeyedLock` serialises, per image, a pull's "reference, then record" against a
-removal's "record, then reference".
 """
 
 from __future__ import annotations
@@ -171,34 +168,3 @@ class SyncGate:
             self._notify()
 
 
-class KeyedLock(Generic[K]):
-    """One asyncio.Lock per key, forgotten once nobody holds or waits for it.
-
-    imaged takes an image's lock around the two steps that must not interleave with
-    another pull or a removal of that image: storaged's reference and imaged's record
-    (pull: set_image_layers then write the record; removal: delete the record then
-    release the reference). Otherwise a removal could release the reference between a
-    pull's two steps and leave a record whose layers storaged is free to delete.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: K) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock_now, users_now = self._locks[key]
-            if users_now <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock_now, users_now - 1)

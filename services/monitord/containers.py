@@ -25,7 +25,6 @@ from services.monitord.conmon import ConmonLaunch, create_under_conmon
 from services.monitord.cri_config import container_name, parse_config
 from services.monitord.exec_sync import exec_sync
 from services.monitord.layout import Layout
-from services.monitord.locks import KeyedLocks
 from services.monitord.log_reopen import reopen_log
 from services.monitord.oci_runtime import OciRuntime, RuntimeHandlers
 from services.monitord.process_signal import ProcessHandle, signal_number
@@ -34,6 +33,7 @@ from services.monitord.spec.inputs import HostFacts, SpecInputs
 from shared.config import MonitordConfig
 from shared.cri import api_pb2
 from shared.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from shared.locks import KeyedLock
 from shared.schema.monitord import (
     ContainerRecord,
     ContainerState,
@@ -65,7 +65,7 @@ class Containers:
         self._config = config
         self._runtimes = runtimes
         self._host = host
-        self._locks = KeyedLocks()
+        self._locks: KeyedLock[str] = KeyedLock()
         self._names = asyncio.Lock()
         self._exited: dict[str, asyncio.Event] = {}
         self._cgroups: dict[str, str] = {}
@@ -88,14 +88,13 @@ class Containers:
         sandbox_config = parse_config(sandbox.config_json, api_pb2.PodSandboxConfig, "the pod's config")
         name = container_name(config, sandbox_config)
         runtime = self._runtimes.get(sandbox.runtime_handler)
-        lock = self._locks(req.id)
         async with self._names:
             for other in self._records.containers.values():
                 if other.name == name:
                     raise AlreadyExists(f"container name {name} is reserved for container {other.id}")
             if req.id in self._records.containers:
                 raise AlreadyExists(f"container {req.id} already exists")
-            await lock.acquire()
+            await self._locks.acquire(req.id)
             try:
                 record = await self._records.put_container(ContainerRecord(
                     id=req.id, sandbox_id=sandbox.id, name=name, config_json=req.config_json,
@@ -104,7 +103,7 @@ class Containers:
                     bundle=str(self._layout.bundle(req.id)), runtime_handler=runtime.handler,
                 ))
             except BaseException:
-                lock.release()
+                self._locks.release(req.id)
                 raise
         try:
             log_path = ""
@@ -131,7 +130,7 @@ class Containers:
                 stop_signal=generated.stop_signal,
             ))
         finally:
-            lock.release()
+            self._locks.release(req.id)
 
     def _write_bundle(self, container_id: str, oci_spec: dict[str, object], log_path: str) -> None:
         bundle = self._layout.bundle(container_id)
@@ -160,7 +159,7 @@ class Containers:
         self._cgroups.pop(container_id, None)
 
     async def start(self, container_id: str) -> ContainerRecord:
-        async with self._locks(container_id):
+        async with self._locks.hold(container_id):
             record = self._get(container_id)
             if record.state != ContainerState.CREATED:
                 raise FailedPrecondition(f"container {container_id} is {record.state.value}, not created")
@@ -180,7 +179,7 @@ class Containers:
     async def apply_exit(self, container_id: str) -> None:
         """conmon wrote `<exits>/<id>`: record how the container ended, then drop the file."""
         exit_file = self._layout.exit_file(container_id)
-        async with self._locks(container_id):
+        async with self._locks.hold(container_id):
             record = self._records.container(container_id)
             if record is not None and record.state == ContainerState.CREATING:
                 return  # a create in flight (or crashed); its own cleanup owns the file
@@ -232,7 +231,7 @@ class Containers:
                 await self.apply_exit(name)
         for record in self._records.containers.values():
             if record.state in LIVE:
-                async with self._locks(record.id):
+                async with self._locks.hold(record.id):
                     await self._recover_one(record.id)
 
     async def _recover_one(self, container_id: str) -> None:
@@ -253,7 +252,7 @@ class Containers:
     # -- stop / remove ----------------------------------------------------------------------
 
     async def stop(self, container_id: str, timeout: int) -> ContainerRecord:
-        async with self._locks(container_id):
+        async with self._locks.hold(container_id):
             record = self._get(container_id)
             if record.state not in LIVE:
                 if record.state == ContainerState.CREATING:
@@ -276,7 +275,7 @@ class Containers:
             if not await process.wait_gone(0):
                 raise Internal(f"container {container_id} (pid {record.pid}) did not die after SIGKILL")
         # Dead, yet no exit file: conmon itself must be gone.
-        async with self._locks(container_id):
+        async with self._locks.hold(container_id):
             record = self._get(container_id)
             if record.state in LIVE:
                 await self._record_exit(record, self._persisted_exit_code(container_id), time.time_ns(),
@@ -287,7 +286,7 @@ class Containers:
         record = self._records.container(container_id)
         if record is not None and record.state in LIVE:
             await self.stop(container_id, 0)
-        async with self._locks(container_id):
+        async with self._locks.hold(container_id):
             record = self._records.container(container_id)
             if record is None:
                 await asyncio.to_thread(self._remove_files, container_id)
@@ -299,7 +298,6 @@ class Containers:
             await asyncio.to_thread(self._remove_files, container_id)
             await self._records.delete_container(container_id)
             self._exited.pop(container_id, None)
-        self._locks.forget(container_id)
         return True
 
     # -- running containers -----------------------------------------------------------------
@@ -316,7 +314,7 @@ class Containers:
 
     async def update_resources(self, req: UpdateResourcesRequest) -> ContainerRecord:
         resources = parse_config(req.resources_json, api_pb2.LinuxContainerResources, "resources_json")
-        async with self._locks(req.id):
+        async with self._locks.hold(req.id):
             record = self._get(req.id)
             if record.state not in LIVE:
                 raise FailedPrecondition(f"container {req.id} is {record.state.value}: its resources cannot change")

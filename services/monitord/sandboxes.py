@@ -21,7 +21,6 @@ from services.monitord.containers import LIVE, Containers
 from services.monitord.cri_config import parse_config, sandbox_name
 from services.monitord.infra import InfraContainers, missing_infra_rootfs, needs_infra
 from services.monitord.layout import Layout
-from services.monitord.locks import KeyedLocks
 from services.monitord.oci_runtime import RuntimeHandlers
 from services.monitord.records import StateRecords
 from services.monitord.sandbox_files import hosts_content, mount_shm, resolv_content, unmount
@@ -31,6 +30,7 @@ from shared import nsfs
 from shared.config import MonitordConfig, parse_size
 from shared.cri import api_pb2
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.locks import KeyedLock
 from shared.schema.monitord import (
     CreateSandboxRequest,
     RemoveSandboxResponse,
@@ -55,7 +55,7 @@ class Sandboxes:
         self._runtimes = runtimes
         self._containers = containers
         self._infra = InfraContainers(layout, config, host)
-        self._locks = KeyedLocks()
+        self._locks: KeyedLock[str] = KeyedLock()
         self._names = asyncio.Lock()
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
@@ -68,14 +68,13 @@ class Sandboxes:
         config = parse_config(req.config_json, api_pb2.PodSandboxConfig, "config_json")
         name = sandbox_name(config)
         handler = self._runtimes.resolve(req.runtime_handler)
-        lock = self._locks(req.id)
         async with self._names:
             for other in self._records.sandboxes.values():
                 if other.name == name:
                     raise AlreadyExists(f"pod sandbox name {name} is reserved for pod sandbox {other.id}")
             if req.id in self._records.sandboxes:
                 raise AlreadyExists(f"pod sandbox {req.id} already exists")
-            await lock.acquire()
+            await self._locks.acquire(req.id)
             try:
                 record = await self._records.put_sandbox(SandboxRecord(
                     id=req.id, name=name, config_json=req.config_json, runtime_handler=handler,
@@ -83,7 +82,7 @@ class Sandboxes:
                     cgroup_parent=config.linux.cgroup_parent,
                 ))
             except BaseException:
-                lock.release()
+                self._locks.release(req.id)
                 raise
         try:
             try:
@@ -93,7 +92,7 @@ class Sandboxes:
                 raise
             return await self._records.put_sandbox(record)
         finally:
-            lock.release()
+            self._locks.release(req.id)
 
     async def _make_pod_parts(self, record: SandboxRecord, config: api_pb2.PodSandboxConfig) -> SandboxRecord:
         directory = self._layout.sandbox_dir(record.id)
@@ -158,7 +157,7 @@ class Sandboxes:
         await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def start(self, req: StartSandboxRequest) -> SandboxRecord:
-        async with self._locks(req.id):
+        async with self._locks.hold(req.id):
             record = self._get(req.id)
             if record.state == SandboxState.READY:
                 return record
@@ -191,7 +190,7 @@ class Sandboxes:
         live = [c.id for c in self._records.containers_of(sandbox_id) if c.state in LIVE]
         await asyncio.gather(*(self._containers.stop(container_id, 0) for container_id in live))
         # NOTREADY before the infra container dies, so its exit reads as asked for, not as a failure.
-        async with self._locks(sandbox_id):
+        async with self._locks.hold(sandbox_id):
             record = self._get(sandbox_id)
             if record.state == SandboxState.READY:
                 await self._records.put_sandbox(dataclasses.replace(record, state=SandboxState.NOTREADY))
@@ -207,11 +206,10 @@ class Sandboxes:
         record = self._records.sandbox(sandbox_id)
         if record is not None:
             await self._kill_infra(record)
-        async with self._locks(sandbox_id):
+        async with self._locks.hold(sandbox_id):
             if self._records.sandbox(sandbox_id) is None:
                 return RemoveSandboxResponse(container_ids, existed=False)
             await self._discard(sandbox_id)
-        self._locks.forget(sandbox_id)
         return RemoveSandboxResponse(container_ids, existed=True)
 
     async def _kill_infra(self, record: SandboxRecord) -> None:
@@ -223,7 +221,7 @@ class Sandboxes:
     async def apply_infra_exit(self, sandbox_id: str) -> None:
         """conmon wrote `<exits>/<sandbox id>`: the pod's PID namespace is gone with its infra
         container, so the pod is not ready any more and the kubelet recreates it."""
-        async with self._locks(sandbox_id):
+        async with self._locks.hold(sandbox_id):
             record = self._records.sandbox(sandbox_id)
             if record is not None and record.state == SandboxState.READY and record.infra_container_id:
                 log.warning("the infra container of pod sandbox %s exited: now not ready", sandbox_id)

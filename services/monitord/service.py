@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 from services.monitord.containers import Containers
 from services.monitord.exit_watch import ExitDirWatch
@@ -22,7 +20,7 @@ from services.monitord.layout import Layout
 from services.monitord.oci_runtime import RuntimeHandlers
 from services.monitord.records import StateRecords
 from services.monitord.sandboxes import Sandboxes
-from shared.daemon import DaemonContext, Readiness
+from shared.daemon import DaemonContext, Readiness, when_ready
 from shared.errors import Unavailable
 from shared.schema.monitord import (
     CONTAINER_STATS,
@@ -62,8 +60,6 @@ from shared.transport import DaemonServer
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 class MonitordService:
@@ -78,28 +74,20 @@ class MonitordService:
         self._load_error = ""
 
     def register(self, server: DaemonServer) -> None:
-        server.register(CREATE_SANDBOX, self._once_loaded(self.create_sandbox))
-        server.register(START_SANDBOX, self._once_loaded(self.start_sandbox))
-        server.register(STOP_SANDBOX, self._once_loaded(self.stop_sandbox))
-        server.register(REMOVE_SANDBOX, self._once_loaded(self.remove_sandbox))
-        server.register(CREATE_CONTAINER, self._once_loaded(self.create_container))
-        server.register(START_CONTAINER, self._once_loaded(self.start_container))
-        server.register(STOP_CONTAINER, self._once_loaded(self.stop_container))
-        server.register(REMOVE_CONTAINER, self._once_loaded(self.remove_container))
-        server.register(EXEC_SYNC, self._once_loaded(self.exec_sync))
-        server.register(UPDATE_RESOURCES, self._once_loaded(self.update_resources))
-        server.register(REOPEN_LOG, self._once_loaded(self.reopen_log))
-        server.register(CONTAINER_STATS, self._once_loaded(self.container_stats))
-        server.register(LIST_STATE, self._once_loaded(self.list_state))
+        server.register(CREATE_SANDBOX, when_ready(self.loaded, self.create_sandbox))
+        server.register(START_SANDBOX, when_ready(self.loaded, self.start_sandbox))
+        server.register(STOP_SANDBOX, when_ready(self.loaded, self.stop_sandbox))
+        server.register(REMOVE_SANDBOX, when_ready(self.loaded, self.remove_sandbox))
+        server.register(CREATE_CONTAINER, when_ready(self.loaded, self.create_container))
+        server.register(START_CONTAINER, when_ready(self.loaded, self.start_container))
+        server.register(STOP_CONTAINER, when_ready(self.loaded, self.stop_container))
+        server.register(REMOVE_CONTAINER, when_ready(self.loaded, self.remove_container))
+        server.register(EXEC_SYNC, when_ready(self.loaded, self.exec_sync))
+        server.register(UPDATE_RESOURCES, when_ready(self.loaded, self.update_resources))
+        server.register(REOPEN_LOG, when_ready(self.loaded, self.reopen_log))
+        server.register(CONTAINER_STATS, when_ready(self.loaded, self.container_stats))
+        server.register(LIST_STATE, when_ready(self.loaded, self.list_state))
 
-    def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
-        # Calls that arrive during recovery wait for it (within their deadline): answering
-        # from records that recovery is about to correct would report stale states.
-        async def wrapped(req: Req) -> Resp:
-            await self.loaded.wait()
-            return await handler(req)
-
-        return wrapped
 
     @property
     def containers(self) -> Containers:

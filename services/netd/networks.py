@@ -15,15 +15,14 @@ create for it makes the namespace again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from services.netd.cni import CniRunner
 from shared.errors import CriplexError, InvalidArgument
+from shared.locks import KeyedLock
 from shared.nsfs import create_pinned, is_pinned, remove_pinned
 from shared.schema.netd import CreateNetworkRequest, PodNetwork
 from shared.state import RecordStore
@@ -39,33 +38,12 @@ def check_sandbox_id(sandbox_id: str) -> None:
         raise InvalidArgument(f"sandbox id {sandbox_id!r:.150} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}")
 
 
-class _SandboxLocks:
-    """One asyncio.Lock per sandbox, forgotten once nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, sandbox_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(sandbox_id, (asyncio.Lock(), 0))
-        self._locks[sandbox_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[sandbox_id]
-            if users <= 1:
-                del self._locks[sandbox_id]
-            else:
-                self._locks[sandbox_id] = (lock, users - 1)
-
-
 class PodNetworks:
     def __init__(self, records_dir: Path, netns_dir: Path, cni: CniRunner) -> None:
         self.netns_dir = netns_dir
         self._records = RecordStore(records_dir, PodNetwork)
         self._cni = cni
-        self._locks = _SandboxLocks()
+        self._locks: KeyedLock[str] = KeyedLock()
 
     async def load(self) -> None:
         """Read the records and remove pins nobody records (before serving)."""

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 from services.netd.cni import CniRunner, LoopbackOnly
 from services.netd.cni_config import CniConfigWatch
 from services.netd.networks import PodNetworks
-from shared.daemon import DaemonContext, Readiness
+from shared.daemon import DaemonContext, Readiness, when_ready
 from shared.schema.netd import (
     CREATE_NETWORK,
     LIST_NETWORKS,
@@ -24,9 +22,6 @@ from shared.schema.netd import (
 )
 from shared.transport import DaemonServer
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
 
 class NetdService:
     def __init__(self, ctx: DaemonContext, cni: CniRunner | None = None) -> None:
@@ -36,17 +31,10 @@ class NetdService:
         self._loaded = asyncio.Event()
 
     def register(self, server: DaemonServer) -> None:
-        server.register(CREATE_NETWORK, self._once_loaded(self.create_network))
-        server.register(REMOVE_NETWORK, self._once_loaded(self.remove_network))
-        server.register(LIST_NETWORKS, self._once_loaded(self.list_networks))
+        server.register(CREATE_NETWORK, when_ready(self._loaded, self.create_network))
+        server.register(REMOVE_NETWORK, when_ready(self._loaded, self.remove_network))
+        server.register(LIST_NETWORKS, when_ready(self._loaded, self.list_networks))
 
-    def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
-        # Calls that arrive while the records load wait for them (within their deadline).
-        async def wrapped(request: Req) -> Resp:
-            await self._loaded.wait()
-            return await handler(request)
-
-        return wrapped
 
     async def run(self) -> None:
         await self.networks.load()

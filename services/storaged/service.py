@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
 from services.storaged.compression import check_digest
 from services.storaged.image_refs import ImageRefs
 from services.storaged.layer_store import LayerStore
 from services.storaged.rootfs import RootfsStore
 from services.storaged.usage import UsageMonitor
-from shared.daemon import DaemonContext, Readiness
+from shared.daemon import DaemonContext, Readiness, when_ready
 from shared.errors import InvalidArgument
 from shared.schema.storaged import (
     APPLY_LAYER,
@@ -54,8 +53,6 @@ from shared.transport import DaemonServer
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 class StoragedService:
@@ -69,24 +66,16 @@ class StoragedService:
         self._loaded = asyncio.Event()
 
     def register(self, server: DaemonServer) -> None:
-        server.register(APPLY_LAYER, self._once_loaded(self.apply_layer))
-        server.register(HAS_LAYERS, self._once_loaded(self.has_layers))
-        server.register(SET_IMAGE_LAYERS, self._once_loaded(self.set_image_layers))
-        server.register(SYNC_IMAGES, self._once_loaded(self.sync_images))
-        server.register(CREATE_ROOTFS, self._once_loaded(self.create_rootfs))
-        server.register(REMOVE_ROOTFS, self._once_loaded(self.remove_rootfs))
-        server.register(LIST_ROOTFS, self._once_loaded(self.list_rootfs))
-        server.register(ROOTFS_USAGE, self._once_loaded(self.rootfs_usage))
-        server.register(FS_USAGE, self._once_loaded(self.fs_usage))
+        server.register(APPLY_LAYER, when_ready(self._loaded, self.apply_layer))
+        server.register(HAS_LAYERS, when_ready(self._loaded, self.has_layers))
+        server.register(SET_IMAGE_LAYERS, when_ready(self._loaded, self.set_image_layers))
+        server.register(SYNC_IMAGES, when_ready(self._loaded, self.sync_images))
+        server.register(CREATE_ROOTFS, when_ready(self._loaded, self.create_rootfs))
+        server.register(REMOVE_ROOTFS, when_ready(self._loaded, self.remove_rootfs))
+        server.register(LIST_ROOTFS, when_ready(self._loaded, self.list_rootfs))
+        server.register(ROOTFS_USAGE, when_ready(self._loaded, self.rootfs_usage))
+        server.register(FS_USAGE, when_ready(self._loaded, self.fs_usage))
 
-    def _once_loaded(self, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
-        # Calls that arrive while the store loads wait for it (within their deadline)
-        # rather than fail: imaged and the gateway start at the same time as we do.
-        async def wrapped(req: Req) -> Resp:
-            await self._loaded.wait()
-            return await handler(req)
-
-        return wrapped
 
     async def run(self) -> None:
         try:

@@ -17,12 +17,13 @@ from types import SimpleNamespace
 import pytest
 
 from services.imaged.image_store import ImageStore
-from services.imaged.inflight import KeyedLock, SyncGate
+from services.imaged.inflight import SyncGate
 from services.imaged.manifest import OCI_MANIFEST, Descriptor, ImageConfig, ImageManifest, chain_ids
 from services.imaged.pull import PULL_HOLD_PREFIX, Puller
 from services.imaged.reference import normalize
 from shared.config import ImagedConfig
 from shared.errors import FailedPrecondition, NotFound
+from shared.locks import KeyedLock
 from shared.schema.storaged import (
     HAS_LAYERS,
     SET_IMAGE_LAYERS,
