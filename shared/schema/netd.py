@@ -51,6 +51,19 @@ class RemoveNetworkResponse:
 
 
 @dataclass(frozen=True)
+class NodeNetworkRequest:
+    """What the kubelet says of the node's network (CRI UpdateRuntimeConfig): the pod CIDR(s),
+    comma-separated, fed to CNI as runtimeConfig.ipRanges for the pods made after it."""
+
+    pod_cidr: str
+
+
+@dataclass(frozen=True)
+class NodeNetworkResponse:
+    pass
+
+
+@dataclass(frozen=True)
 class ListNetworksRequest:
     pass
 
@@ -62,4 +75,5 @@ class ListNetworksResponse:
 
 CREATE_NETWORK = Method("create_network", CreateNetworkRequest, PodNetwork)
 REMOVE_NETWORK = Method("remove_network", RemoveNetworkRequest, RemoveNetworkResponse)
+SET_NODE_NETWORK = Method("set_node_network", NodeNetworkRequest, NodeNetworkResponse)
 LIST_NETWORKS = Method("list_networks", ListNetworksRequest, ListNetworksResponse)
