@@ -1,17 +1,49 @@
-"""The seam where CNI plugins will attach a pod's network namespace to the node's network.
+"""The seam where CNI plugins attach a pod's network namespace, and netd's CNI runner behind it.
 
-Today netd gives a pod loopback only (`LoopbackOnly`); CNI ADD/DEL (plugin chains from
-`netd.cni_conf_dir`, results, port mappings) come with the networking work and plug in
-here without changing how namespaces and records are kept.
+`PluginChain` runs a network's plugins as the CNI spec says (1.0.0, and 0.3.x/0.4.0
+configs): ADD in order, each getting the previous result as `prevResult`; DEL in
+reverse, with the cached result; CHECK in order, with it. netd's own code rather than
+a wrapper of libcni: the spec is small, and this keeps the pod path down to the
+plugins' own process starts.
+
+What the steps leave if netd dies at any of them is in networks.py; here:
+
+- the network config's copy is kept (once per config) before the first ADD with it;
+- the result is cached right after the chain succeeded, in one atomic write;
+- DEL uses the cached config and result; without a result, the record's copy of the
+  config, without prevResult (the spec allows it); every plugin's DEL is tried even
+  when one fails (the first failure is reported), so one broken plugin cannot leak
+  the others' veths and leases; and then no host link may lead into the namespace.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from services.netd.cni_cache import CachedAttachment, CniCache
+from services.netd.cni_conf import NetworkConfig, parse_network, plugin_finder, version_at_least
+from services.netd.cni_exec import IFNAME, Invocation, PluginFailed, plugin_env, run_plugin
+from services.netd.cni_result import pod_ips
+from services.netd.cni_runtime import capability_args, cni_args, plugin_stdin
+from services.netd.host_links import remove_links_into
+from shared.errors import FailedPrecondition
+from shared.nsfs import is_pinned
 from shared.schema.netd import CreateNetworkRequest, PodNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttachPlan:
+    """Everything an ADD will use, settled before anything is made (bad input fails early)."""
+
+    network: NetworkConfig | None  # None: the namespace keeps its loopback only
+    cni_args: str = ""
+    capability_args: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -23,18 +55,127 @@ class Attachment:
 
 
 class CniRunner(Protocol):
-    async def add(self, request: CreateNetworkRequest, netns: Path) -> Attachment:
-        """Attach the freshly made `netns` (CNI ADD); called once the namespace is pinned."""
+    def plan(self, request: CreateNetworkRequest) -> AttachPlan:
+        """The network and arguments the pod will get; raises before anything is made."""
+
+    async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
+        """Attach the freshly made `netns` (CNI ADD); called once the namespace is pinned and
+        the record names `plan.network`."""
 
     async def delete(self, network: PodNetwork) -> None:
         """Detach (CNI DEL) before the namespace is removed; must tolerate a half-made or gone netns."""
 
 
 class LoopbackOnly:
-    """No CNI yet: the namespace keeps only its loopback, which nsfs brought up."""
+    """No CNI: the namespace keeps only its loopback, which nsfs brought up."""
 
-    async def add(self, request: CreateNetworkRequest, netns: Path) -> Attachment:
+    def plan(self, request: CreateNetworkRequest) -> AttachPlan:
+        return AttachPlan(None)
+
+    async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
         return Attachment()
 
     async def delete(self, network: PodNetwork) -> None:
         return
+
+
+class PluginChain:
+    """Runs the configured network's plugins for each pod."""
+
+    def __init__(self, cache: CniCache, current: Callable[[], NetworkConfig], pod_cidr: Callable[[], str],
+                 bin_dirs: tuple[str, ...], timeout: float, env: dict[str, str]) -> None:
+        self._cache = cache
+        self._current = current  # the readiness watch's parse; raises when there is none
+        self._pod_cidr = pod_cidr
+        self._bin_dirs = bin_dirs
+        self._cni_path = ":".join(bin_dirs)
+        self._timeout = timeout
+        self._env = env
+
+    def plan(self, request: CreateNetworkRequest) -> AttachPlan:
+        network = self._current()
+        return AttachPlan(network, cni_args(request), capability_args(request, self._pod_cidr()))
+
+    async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
+        network = plan.network
+        if network is None:
+            return Attachment()
+        await self._cache.keep_config(network.digest, network.raw)
+        capabilities = plan.capability_args or {}
+        invocation = Invocation("ADD", sandbox_id, str(netns), plan.cni_args, self._cni_path, self._timeout)
+        env = plugin_env(invocation, self._env)
+        result: dict[str, Any] | None = None
+        for plugin in network.plugins:
+            stdin = plugin_stdin(network, plugin, capabilities, result)
+            result = await run_plugin(plugin.type, plugin.path, invocation, env, stdin) or result
+        final = result or {}
+        await self._cache.put_result(CachedAttachment(network.name, sandbox_id, IFNAME, network.raw, plan.cni_args,
+                                                      capabilities, final))
+        return Attachment(pod_ips(final, IFNAME), IFNAME)
+
+    async def check(self, network: PodNetwork) -> None:
+        """CHECK the pod's attachment (CNI 0.4.0+); PluginFailed names what is wrong."""
+        cached = self._cache.result(network.cni_network, network.sandbox_id, IFNAME)
+        if cached is None:
+            raise FailedPrecondition(f"sandbox {network.sandbox_id}: no CNI result to CHECK against")
+        config = parse_network(cached.config, "the CNI cache", plugin_finder(self._bin_dirs))
+        if not version_at_least(config.cni_version, "0.4.0"):
+            raise FailedPrecondition(f"network {config.name}: CHECK needs cniVersion 0.4.0 or later, "
+                                     f"not {config.cni_version}")
+        if config.disable_check:
+            return
+        netns = network.netns_path if is_pinned(Path(network.netns_path)) else ""
+        if not netns:
+            raise FailedPrecondition(f"sandbox {network.sandbox_id}: network namespace is gone")
+        invocation = Invocation("CHECK", network.sandbox_id, netns, cached.cni_args, self._cni_path, self._timeout)
+        env = plugin_env(invocation, self._env)
+        for plugin in config.plugins:
+            stdin = plugin_stdin(config, plugin, cached.capability_args, cached.result)
+            await run_plugin(plugin.type, plugin.path, invocation, env, stdin)
+
+    async def delete(self, network: PodNetwork) -> None:
+        if not network.cni_network:
+            return  # attached with no CNI network (older records, or loopback only)
+        cached = self._cache.result(network.cni_network, network.sandbox_id, IFNAME)
+        if cached is not None:
+            raw, args, capabilities, prev = cached.config, cached.cni_args, cached.capability_args, cached.result
+        else:
+            recorded = self._cache.config(network.cni_config)
+            if recorded is None:
+                # The record was written, but netd died before the config's copy: no ADD ran.
+                log.warning("sandbox %s: no copy of network config %s; nothing to DEL",
+                            network.sandbox_id, network.cni_config)
+                return
+            raw, args, capabilities, prev = recorded, f"IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={network.sandbox_id}", \
+                {}, None
+        config = self._config_for(raw)
+        pinned = is_pinned(Path(network.netns_path))
+        # CNI spec: for DEL, CNI_NETNS may be empty when the namespace is gone; a path that
+        # is no namespace any more (an unmounted pin's file) would make plugins fail.
+        invocation = Invocation("DEL", network.sandbox_id, network.netns_path if pinned else "", args,
+                                self._cni_path, self._timeout)
+        env = plugin_env(invocation, self._env)
+        if not version_at_least(config.cni_version, "0.4.0"):
+            prev = None  # before 0.4.0, DEL gets no prevResult (libcni's rule)
+        first_failure: PluginFailed | None = None
+        for plugin in reversed(config.plugins):
+            try:
+                await run_plugin(plugin.type, plugin.path, invocation, env,
+                                 plugin_stdin(config, plugin, capabilities, prev))
+            except PluginFailed as exc:
+                log.error("sandbox %s: %s", network.sandbox_id, exc)
+                first_failure = first_failure or exc
+        if first_failure is not None:
+            raise first_failure
+        if cached is None and pinned:
+            await remove_links_into(Path(network.netns_path))
+        await self._cache.drop_result(network.cni_network, network.sandbox_id, IFNAME)
+
+    def _config_for(self, raw: bytes) -> NetworkConfig:
+        try:
+            current = self._current()
+        except FailedPrecondition:
+            current = None
+        if current is not None and current.raw == raw:
+            return current  # the common case: parsed and resolved by the watch already
+        return parse_network(raw, "the CNI cache", plugin_finder(self._bin_dirs))

@@ -1,9 +1,14 @@
-"""Network readiness: whether a CNI configuration exists, watched off the event loop.
+"""Network readiness and the network pods get: the CNI configuration, watched off the event loop.
 
 The kubelet asks for Status every few seconds and the gateway asks netd's health for it,
 so health answers from a cached value. The directory is rescanned in a worker thread
 whenever inotify reports a change in it, and every 2 s regardless (it may not exist yet,
 or be replaced as a whole, which a watch on it cannot see).
+
+A scan also parses and validates the network (cni_conf.py): an unparsable file, or one
+naming a plugin the bin dirs lack, makes NetworkReady false with the reason. The parse
+is what the next pod's ADD uses, so a pod's path never reads the directory; a changed
+config applies to the pods made after the watch saw it.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import ctypes
 import os
 from pathlib import Path
 
+from services.netd.cni_conf import ConfigInvalid, NetworkConfig, config_files, load_network
 from shared.daemon import Readiness
 
-_CNI_SUFFIXES = (".conf", ".conflist", ".json")
 RESCAN_SECONDS = 2.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -31,24 +36,32 @@ _IN_CHANGES = (0x8  # IN_CLOSE_WRITE
                | 0x400 | 0x800)  # IN_DELETE_SELF, IN_MOVE_SELF
 
 
-def scan(conf_dir: Path) -> Readiness:
-    # The kubelet reports the node NotReady until a CNI network is configured.
+def scan(conf_dir: Path, bin_dirs: tuple[str, ...], wanted: str = "") -> tuple[Readiness, NetworkConfig | None]:
+    # The kubelet reports the node NotReady until a usable CNI network is configured.
     try:
-        names = sorted(p.name for p in conf_dir.iterdir() if p.suffix in _CNI_SUFFIXES)
-    except OSError:
-        names = []
-    if not names:
-        return Readiness(False, "NetworkPluginNotReady", f"no CNI configuration in {conf_dir}")
-    return Readiness(True, info={"cni_config": names[0]})
+        network = load_network(conf_dir, bin_dirs, wanted)
+    except ConfigInvalid as exc:
+        reason = "InvalidCNIConfig" if config_files(conf_dir) else "NetworkPluginNotReady"
+        return Readiness(False, reason, exc.message), None
+    info = {"cni_config": Path(network.source).name, "cni_network": network.name}
+    return Readiness(True, info=info), network
 
 
 class CniConfigWatch:
-    """Keeps `current` up to date with the CNI configuration directory while `run()` runs."""
+    """Keeps `current` (readiness) and `network` up to date with the CNI configuration while `run()` runs."""
 
-    def __init__(self, conf_dir: Path) -> None:
+    def __init__(self, conf_dir: Path, bin_dirs: tuple[str, ...] = (), wanted: str = "") -> None:
         self.conf_dir = conf_dir
+        self.bin_dirs = bin_dirs
+        self.wanted = wanted
         # Once here, before serving, so the first health call already has an answer.
-        self.current = scan(conf_dir)
+        self.current, self.network = scan(conf_dir, bin_dirs, wanted)
+
+    def usable_network(self) -> NetworkConfig:
+        """The network the next pod gets; FailedPrecondition, saying why, while there is none."""
+        if self.network is None:
+            raise ConfigInvalid(f"network not ready: {self.current.message}")
+        return self.network
 
     async def run(self) -> None:
         fd = _libc.inotify_init1(_IN_NONBLOCK_CLOEXEC)
@@ -63,7 +76,8 @@ class CniConfigWatch:
                 # created or replaced since; a missing directory is simply not watched.
                 _libc.inotify_add_watch(fd, os.fsencode(self.conf_dir), _IN_CHANGES)
                 changed.clear()
-                self.current = await asyncio.to_thread(scan, self.conf_dir)
+                self.current, self.network = await asyncio.to_thread(scan, self.conf_dir, self.bin_dirs,
+                                                                     self.wanted)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RESCAN_SECONDS):
                         await changed.wait()
