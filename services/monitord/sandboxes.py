@@ -108,16 +108,19 @@ class Sandboxes:
             pins["uts"] = directory / "uts"
         # net.* sysctls belong to the network namespace, which netd makes and configures.
         sysctls = {k: v for k, v in config.linux.sysctls.items() if not k.startswith(("net.", "net/"))}
-        if pins:
-            await nsfs.create_pinned(pins, hostname if "uts" in pins else "", sysctls)
-        elif sysctls:
+        if not pins and sysctls:
             raise InvalidArgument(f"sysctls {', '.join(sorted(sysctls))} need the pod's own IPC namespace")
-        shm_path = HOST_SHM
-        if not host_ipc:
-            shm_path = str(directory / "shm")
-            await asyncio.to_thread(mount_shm, Path(shm_path), self._shm_bytes)
+        shm_path = HOST_SHM if host_ipc else str(directory / "shm")
         resolv = resolv_content(config.dns_config)
-        await asyncio.to_thread(self._write_files, directory, hostname, host_network, resolv)
+        # Independent steps, each in its own thread: a pod's start waits for the slowest only.
+        steps = [asyncio.to_thread(self._write_files, directory, hostname, host_network, resolv)]
+        if pins:
+            steps.append(nsfs.create_pinned(pins, hostname if "uts" in pins else "", sysctls))
+        if not host_ipc:
+            steps.append(asyncio.to_thread(mount_shm, Path(shm_path), self._shm_bytes))
+        failures = [r for r in await asyncio.gather(*steps, return_exceptions=True) if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]  # the caller's cleanup removes whatever the other steps made
         return dataclasses.replace(
             record,
             ipc_path=str(pins["ipc"]) if "ipc" in pins else "",
