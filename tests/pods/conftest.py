@@ -44,8 +44,9 @@ def pods_toml(registry: Registry, etc: Path) -> str:
             f'[gateway]\nreconcile_interval = 2.0\n')
 
 
-def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: str = "") -> Iterator[Pods]:
-    run = CriplexRun(extra_toml=pods_toml(registry, etc) + extra_toml)
+def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: str = "",
+               cni_conflist: str = "") -> Iterator[Pods]:
+    run = CriplexRun(extra_toml=pods_toml(registry, etc) + extra_toml, cni_conflist=cni_conflist)
     cgroup_parent = configured_cgroup_parent(run)
     pods: Pods | None = None
     try:

@@ -46,7 +46,7 @@ class CriplexRun:
     The run dir is short on purpose: nng ipc socket paths must fit in sun_path.
     """
 
-    def __init__(self, extra_toml: str = "", cni_ready: bool = True) -> None:
+    def __init__(self, extra_toml: str = "", cni_ready: bool = True, cni_conflist: str = "") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="cx-", dir="/tmp"))
         self.run_dir = self.base / "run"
         self.state_dir = self.base / "state"
@@ -54,8 +54,8 @@ class CriplexRun:
         self.cni_dir = self.base / "cni"
         self.cni_dir.mkdir()
         if cni_ready:
-            (self.cni_dir / "10-test.conflist").write_text(
-                '{"cniVersion": "1.0.0", "name": "test", "plugins": [{"type": "loopback"}]}')
+            (self.cni_dir / "10-test.conflist").write_text(cni_conflist or (
+                '{"cniVersion": "1.0.0", "name": "test", "plugins": [{"type": "loopback"}]}'))
         self.config_file = self.base / "criplex.toml"
         self.config_file.write_text(
             f'[paths]\nrun_dir = "{self.run_dir}"\nstate_dir = "{self.state_dir}"\nlog_dir = "{self.log_dir}"\n'
