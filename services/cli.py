@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from services.netd.cni_conf import config_files
 from shared.config import SERVICES, Config, load_config
 from shared.errors import ConfigError
+from shared.state import write_atomic
 
 DEPLOY_DIR = Path(os.environ.get("CRIPLEX_DEPLOY_DIR", Path(__file__).resolve().parents[1] / "deploy"))
 
@@ -37,9 +40,29 @@ def _supervisorctl(config: Config, *args: str) -> int:
     return subprocess.call(supervisorctl_argv(*args), env=supervisor_env(config, None))
 
 
+def default_conflist(subnet: str) -> bytes:
+    """deploy/cni/10-criplex.conflist with the bridge's subnet set to `subnet` (netd.default_subnet)."""
+    doc = json.loads((DEPLOY_DIR / "cni" / "10-criplex.conflist").read_text())
+    doc["plugins"][0]["ipam"]["ranges"] = [[{"subnet": subnet}]]
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def install_default_network(config: Config) -> Path | None:
+    """Give pods a network out of the box, but never shadow one the admin (or a CNI daemonset) installed."""
+    conf_dir = Path(config.netd.cni_conf_dir)
+    if config_files(conf_dir):
+        return None
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    target = conf_dir / "10-criplex.conflist"
+    write_atomic(target, default_conflist(config.netd.default_subnet))
+    os.chmod(target, 0o644)
+    return target
+
+
 def cmd_up(config: Config, config_file: str | None) -> int:
     for path in (config.paths.run_dir, config.paths.log_dir, config.paths.state_dir):
         Path(path).mkdir(parents=True, exist_ok=True)
+    install_default_network(config)
     os.chmod(config.paths.run_dir, 0o755)
     conf = DEPLOY_DIR / "supervisord.conf"
     env = supervisor_env(config, config_file)

@@ -8,6 +8,7 @@ so an error names the file, the key and what was expected; unknown keys are erro
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from shared.typed import ShapeError, from_plain, to_plain
 
 DEFAULT_FILE = Path("/etc/criplex/criplex.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/criplex/criplex.d")
-SERVICES = ("gateway", "imaged", "storaged", "netd", "monitord")
-DAEMONS = ("imaged", "storaged", "netd", "monitord")
+SERVICES = ("gateway", "imaged", "storaged", "netd", "monitord", "streamd")
+# The daemons the gateway calls (and watches the health of). streamd is one, but no
+# readiness condition depends on it: without it only Exec/Attach/PortForward fail.
+DAEMONS = ("imaged", "storaged", "netd", "monitord", "streamd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -129,6 +132,16 @@ class StoragedConfig:
 class NetdConfig:
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
+    cni_network: str = ""  # the network (by its name) pods get; empty: the first config file in lexical order
+    plugin_timeout: float = 30.0  # seconds for one CNI plugin call
+    default_subnet: str = "10.85.0.0/16"  # the subnet of the conflist `criplex up` installs when there is none
+
+    def __post_init__(self) -> None:
+        _check(self.plugin_timeout > 0, "netd.plugin_timeout", "seconds > 0", self.plugin_timeout)
+        try:
+            ipaddress.ip_network(self.default_subnet)
+        except ValueError:
+            _check(False, "netd.default_subnet", "a CIDR such as 10.85.0.0/16", self.default_subnet)
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,31 @@ class MonitordConfig:
 
 
 @dataclass(frozen=True)
+class StreamdConfig:
+    """The streaming server (Exec/Attach/PortForward URLs), with CRI-O's defaults."""
+
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a random port, chosen once per streamd start
+    tls_cert: str = ""  # both set: https; both empty: http
+    tls_key: str = ""
+    idle_timeout: float = 900.0  # seconds without traffic (PINGs aside) after which a session ends
+    token_ttl: float = 60.0  # seconds a returned URL stays usable
+    max_tokens: int = 1000  # URLs handed out and not used yet; past it: RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            _check(False, "streamd.address", "an IP address such as 127.0.0.1", self.address)
+        _check(0 <= self.port <= 65535, "streamd.port", "a port from 0 (random) to 65535", self.port)
+        _check(bool(self.tls_cert) == bool(self.tls_key), "streamd.tls_cert", "set together with tls_key",
+               self.tls_cert)
+        _check(self.idle_timeout > 0, "streamd.idle_timeout", "seconds > 0", self.idle_timeout)
+        _check(self.token_ttl > 0, "streamd.token_ttl", "seconds > 0", self.token_ttl)
+        _check(self.max_tokens >= 1, "streamd.max_tokens", "at least 1", self.max_tokens)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -203,6 +241,7 @@ class Config:
     storaged: StoragedConfig = field(default_factory=StoragedConfig)
     netd: NetdConfig = field(default_factory=NetdConfig)
     monitord: MonitordConfig = field(default_factory=MonitordConfig)
+    streamd: StreamdConfig = field(default_factory=StreamdConfig)
 
     @property
     def ipc_dir(self) -> Path:

@@ -34,6 +34,7 @@ class Gateway:
         self.storaged = self.clients["storaged"]
         self.netd = self.clients["netd"]
         self.monitord = self.clients["monitord"]
+        self.streamd = self.clients["streamd"]
         self.health = HealthMonitor(config, self.clients)
         self.image_list_cache = ImageListCache()
         self.view = StateView()

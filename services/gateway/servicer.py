@@ -15,9 +15,11 @@ from google.protobuf import descriptor
 from google.protobuf import message_factory as factory
 
 from services.gateway import (
+    attach,
     container_stats,
     container_status,
     create_container,
+    exec,
     exec_sync,
     get_container_events,
     image_fs_info,
@@ -29,6 +31,7 @@ from services.gateway import (
     list_pod_sandbox_stats,
     pod_sandbox_stats,
     pod_sandbox_status,
+    port_forward,
     pull_image,
     remove_container,
     remove_image,
@@ -75,6 +78,9 @@ ROUTES: dict[str, Handler] = {
     "ContainerStatus": container_status.container_status,
     "ListContainers": list_containers.list_containers,
     "ExecSync": exec_sync.exec_sync,
+    "Exec": exec.exec_,
+    "Attach": attach.attach,
+    "PortForward": port_forward.port_forward,
     "UpdateContainerResources": update_container_resources.update_container_resources,
     "ReopenContainerLog": reopen_container_log.reopen_container_log,
     "ContainerStats": container_stats.container_stats,
@@ -95,9 +101,6 @@ STREAM_ROUTES: dict[str, StreamHandler] = {
 # What is not built yet, and where it will come from. UpdatePodSandboxResources answers
 # UNIMPLEMENTED on purpose: a newer kubelet treats exactly that as "not supported".
 _AREAS = {
-    "Exec": "streaming: exec/attach/port-forward",
-    "Attach": "streaming: exec/attach/port-forward",
-    "PortForward": "streaming: exec/attach/port-forward",
     "Metric": "metrics",
     "Checkpoint": "checkpoint/restore",
     "UpdatePodSandboxResources": "pod-level resource updates",

@@ -9,7 +9,9 @@ plugins' own process starts.
 What the steps leave if netd dies at any of them is in networks.py; here:
 
 - the network config's copy is kept (once per config) before the first ADD with it;
-- the result is cached right after the chain succeeded, in one atomic write;
+- the pod's attempt (config, CNI_ARGS, runtimeConfig) is cached before the chain runs,
+  and again with the result right after it succeeded, each in one atomic write;
+- a failed ADD is rolled back at once by a DEL of the whole chain (`_roll_back`);
 - DEL uses the cached config and result; without a result, the record's copy of the
   config, without prevResult (the spec allows it); every plugin's DEL is tried even
   when one fails (the first failure is reported), so one broken plugin cannot leak
@@ -18,9 +20,10 @@ What the steps leave if netd dies at any of them is in networks.py; here:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,11 +33,19 @@ from services.netd.cni_exec import IFNAME, Invocation, PluginFailed, plugin_env,
 from services.netd.cni_result import pod_ips
 from services.netd.cni_runtime import capability_args, cni_args, plugin_stdin
 from services.netd.host_links import remove_links_into
-from shared.errors import FailedPrecondition
+from shared.errors import CriplexError, FailedPrecondition
 from shared.nsfs import is_pinned
 from shared.schema.netd import CreateNetworkRequest, PodNetwork
 
 log = logging.getLogger(__name__)
+
+# Set on the exception of a failed ADD whose rollback could not DEL everything.
+LEFT_BEHIND = "criplex_cni_left_behind"
+
+
+def left_behind(exc: BaseException) -> bool:
+    """Whether a failed `add` may have left attachments that a later DEL must remove."""
+    return bool(getattr(exc, LEFT_BEHIND, False))
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,12 @@ class CniRunner(Protocol):
     async def delete(self, network: PodNetwork) -> None:
         """Detach (CNI DEL) before the namespace is removed; must tolerate a half-made or gone netns."""
 
+    def attached(self, network: PodNetwork) -> bool:
+        """Whether the recorded network's ADD finished (False: netd died during it)."""
+
+    async def recover(self, networks: list[PodNetwork], netns_dir: Path) -> None:
+        """At start, before serving: undo ADDs a crash interrupted, and attachments nobody records."""
+
 
 class LoopbackOnly:
     """No CNI: the namespace keeps only its loopback, which nsfs brought up."""
@@ -76,6 +93,12 @@ class LoopbackOnly:
         return Attachment()
 
     async def delete(self, network: PodNetwork) -> None:
+        return
+
+    def attached(self, network: PodNetwork) -> bool:
+        return True
+
+    async def recover(self, networks: list[PodNetwork], netns_dir: Path) -> None:
         return
 
 
@@ -102,21 +125,46 @@ class PluginChain:
             return Attachment()
         await self._cache.keep_config(network.digest, network.raw)
         capabilities = plan.capability_args or {}
+        attempt = CachedAttachment(network.name, sandbox_id, IFNAME, network.raw, plan.cni_args, capabilities, None)
+        await self._cache.put_result(attempt)
         invocation = Invocation("ADD", sandbox_id, str(netns), plan.cni_args, self._cni_path, self._timeout)
         env = plugin_env(invocation, self._env)
         result: dict[str, Any] | None = None
-        for plugin in network.plugins:
-            stdin = plugin_stdin(network, plugin, capabilities, result)
-            result = await run_plugin(plugin.type, plugin.path, invocation, env, stdin) or result
+        done = 0  # how many plugins' ADD succeeded
+        try:
+            for plugin in network.plugins:
+                stdin = plugin_stdin(network, plugin, capabilities, result)
+                result = await run_plugin(plugin.type, plugin.path, invocation, env, stdin) or result
+                done += 1
+        except BaseException as exc:
+            await self._roll_back(network, sandbox_id, netns, plan, done, exc)
+            raise
         final = result or {}
-        await self._cache.put_result(CachedAttachment(network.name, sandbox_id, IFNAME, network.raw, plan.cni_args,
-                                                      capabilities, final))
+        await self._cache.put_result(replace(attempt, result=final))
         return Attachment(pod_ips(final, IFNAME), IFNAME)
+
+    async def _roll_back(self, network: NetworkConfig, sandbox_id: str, netns: Path, plan: AttachPlan, failing: int,
+                         failure: BaseException) -> None:
+        """DEL the whole chain after a failed ADD (CNI spec: the runtime cleans up with DEL).
+
+        The plugin whose ADD failed, and those after it, are asked too (they may have made
+        part of their work), but their DEL failing is not held against the rollback: the
+        config that failed an ADD usually fails its DEL the same way, forever. A plugin
+        whose ADD succeeded must DEL cleanly; if one does not, `failure` is marked as
+        leaving something behind, and netd keeps the record and the pin for a later DEL."""
+        invocation = Invocation("DEL", sandbox_id, str(netns), plan.cni_args, self._cni_path, self._timeout)
+        try:
+            await self._del_chain(network, invocation, plan.capability_args or {}, None, tolerate_from=failing)
+        except PluginFailed as exc:
+            log.error("sandbox %s: rolling back a failed ADD: %s", sandbox_id, exc)
+            setattr(failure, LEFT_BEHIND, True)
+            return
+        await self._cache.drop_result(network.name, sandbox_id, IFNAME)
 
     async def check(self, network: PodNetwork) -> None:
         """CHECK the pod's attachment (CNI 0.4.0+); PluginFailed names what is wrong."""
         cached = self._cache.result(network.cni_network, network.sandbox_id, IFNAME)
-        if cached is None:
+        if cached is None or cached.result is None:
             raise FailedPrecondition(f"sandbox {network.sandbox_id}: no CNI result to CHECK against")
         config = parse_network(cached.config, "the CNI cache", plugin_finder(self._bin_dirs))
         if not version_at_least(config.cni_version, "0.4.0"):
@@ -146,30 +194,65 @@ class PluginChain:
                 log.warning("sandbox %s: no copy of network config %s; nothing to DEL",
                             network.sandbox_id, network.cni_config)
                 return
-            raw, args, capabilities, prev = recorded, f"IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={network.sandbox_id}", \
-                {}, None
+            args = f"IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={network.sandbox_id}"
+            raw, capabilities, prev = recorded, {}, None
         config = self._config_for(raw)
         pinned = is_pinned(Path(network.netns_path))
         # CNI spec: for DEL, CNI_NETNS may be empty when the namespace is gone; a path that
         # is no namespace any more (an unmounted pin's file) would make plugins fail.
         invocation = Invocation("DEL", network.sandbox_id, network.netns_path if pinned else "", args,
                                 self._cni_path, self._timeout)
+        await self._del_chain(config, invocation, capabilities, prev)
+        if (cached is None or cached.result is None) and pinned:
+            await remove_links_into(Path(network.netns_path))
+        await self._cache.drop_result(network.cni_network, network.sandbox_id, IFNAME)
+
+    async def _del_chain(self, config: NetworkConfig, invocation: Invocation, capabilities: dict[str, Any],
+                         prev: dict[str, Any] | None, tolerate_from: int | None = None) -> None:
+        """DEL every plugin in reverse order, each tried even when another failed; raises the first
+        failure, except from the plugins at index `tolerate_from` and after."""
         env = plugin_env(invocation, self._env)
         if not version_at_least(config.cni_version, "0.4.0"):
             prev = None  # before 0.4.0, DEL gets no prevResult (libcni's rule)
         first_failure: PluginFailed | None = None
-        for plugin in reversed(config.plugins):
+        for index in range(len(config.plugins) - 1, -1, -1):
+            plugin = config.plugins[index]
             try:
                 await run_plugin(plugin.type, plugin.path, invocation, env,
                                  plugin_stdin(config, plugin, capabilities, prev))
             except PluginFailed as exc:
-                log.error("sandbox %s: %s", network.sandbox_id, exc)
-                first_failure = first_failure or exc
+                log.warning("sandbox %s: %s", invocation.container_id, exc)
+                if tolerate_from is None or index < tolerate_from:
+                    first_failure = first_failure or exc
         if first_failure is not None:
             raise first_failure
-        if cached is None and pinned:
-            await remove_links_into(Path(network.netns_path))
-        await self._cache.drop_result(network.cni_network, network.sandbox_id, IFNAME)
+
+    def attached(self, network: PodNetwork) -> bool:
+        if not network.cni_network:
+            return True
+        cached = self._cache.result(network.cni_network, network.sandbox_id, IFNAME)
+        return cached is not None and cached.result is not None
+
+    async def recover(self, networks: list[PodNetwork], netns_dir: Path) -> None:
+        await asyncio.to_thread(self._cache.load)
+        for network in networks:
+            if not self.attached(network):
+                log.info("sandbox %s: undoing the CNI ADD a restart interrupted", network.sandbox_id)
+                await self._delete_logged(network)
+        recorded = {(n.cni_network, n.sandbox_id) for n in networks}
+        for cached in self._cache.results():
+            if (cached.network_name, cached.container_id) not in recorded:
+                # Only a record deleted by hand leaves this; its pin, if any, went at load.
+                log.warning("sandbox %s: CNI attachment without a record; DEL", cached.container_id)
+                await self._delete_logged(PodNetwork(cached.container_id, str(netns_dir / cached.container_id),
+                                                     cni_network=cached.network_name))
+        self._cache.drop_configs_except({n.cni_config for n in networks if n.cni_config})
+
+    async def _delete_logged(self, network: PodNetwork) -> None:
+        try:
+            await self.delete(network)
+        except CriplexError as exc:
+            log.error("sandbox %s: CNI DEL failed, left for the next removal: %s", network.sandbox_id, exc)
 
     def _config_for(self, raw: bytes) -> NetworkConfig:
         try:

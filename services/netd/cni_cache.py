@@ -6,9 +6,11 @@ Two kinds of files under `<netd state>/cni/`:
   written once per config, before the first ADD that uses it. A pod record names its
   digest, so a DEL can run with the very config of the ADD even when the conf dir has
   changed since and the ADD never finished (DEL without prevResult is allowed).
-- `results/<network>-<sandbox id>-<ifname>.json`: one per attachment, written in one
-  atomic write right after the ADD chain succeeded: the config, CNI_ARGS, the
-  capability args and the result (`cniCacheV1`, libcni's layout with the config's bytes
+- `results/<network>-<sandbox id>-<ifname>.json`: one per attachment: the config,
+  CNI_ARGS, the capability args and the result. It is written twice, each time in one
+  atomic write: just before the ADD chain without a result (a DEL after a crash mid-ADD
+  still gets the pod's runtimeConfig: portmap's DEL removes nothing without its
+  portMappings), and right after it with the result (`cniCacheV1`, libcni's layout with the config's bytes
   as a string rather than base64). DEL and CHECK pass that result as prevResult.
 """
 
@@ -34,7 +36,7 @@ class CachedAttachment:
     config: bytes  # the network config list as JSON
     cni_args: str
     capability_args: dict[str, Any]
-    result: dict[str, Any]
+    result: dict[str, Any] | None  # None: written before the ADD, which has not finished
 
 
 class CniCache:
@@ -97,7 +99,7 @@ def _read_result(path: Path) -> CachedAttachment | None:
         doc = json.loads(path.read_bytes())
         return CachedAttachment(doc["networkName"], doc["containerId"], doc["ifName"],
                                 doc["config"].encode(),
-                                doc.get("cniArgs", ""), doc.get("capabilityArgs") or {}, doc["result"])
+                                doc.get("cniArgs", ""), doc.get("capabilityArgs") or {}, doc.get("result"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:

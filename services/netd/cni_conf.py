@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PluginFinder = Callable[[str], str | None]
-
 from shared.errors import FailedPrecondition
+
+PluginFinder = Callable[[str], str | None]
 
 CONF_SUFFIXES = (".conf", ".conflist", ".json")
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -73,7 +73,8 @@ def parse_network(data: bytes, source: str, find_plugin: PluginFinder | None = N
     if not isinstance(name, str) or not _NETWORK_NAME.match(name):
         raise ConfigInvalid(f"CNI config {source}: network name {name!r:.60} is not [A-Za-z0-9][A-Za-z0-9_.-]*")
     if version not in SUPPORTED_VERSIONS:
-        raise ConfigInvalid(f"CNI config {source}: cniVersion {version!r} is not one of {', '.join(SUPPORTED_VERSIONS)}")
+        raise ConfigInvalid(f"CNI config {source}: cniVersion {version!r} is not one of "
+                            f"{', '.join(SUPPORTED_VERSIONS)}")
     entries = doc["plugins"]
     if not isinstance(entries, list) or not entries:
         raise ConfigInvalid(f"CNI config {source} has no plugins")

@@ -3,8 +3,16 @@
 Order of steps, so that a kill -9 at any point leaves something the next start (or the
 gateway's removal) can finish:
 
-- create: record, then pin, then CNI ADD (then the record again if CNI changed it);
-- remove: CNI DEL, then unpin, then delete the record.
+- create: record (naming the CNI network config about to be used), then pin, then CNI
+  ADD (which keeps a copy of the config first and caches the result right after), then
+  the record again with the pod's IPs;
+- remove: CNI DEL (with the cached result, or the recorded config), then unpin, then
+  delete the record.
+
+A failed ADD is rolled back by the runner, with a DEL of the whole chain; if a plugin
+whose ADD had succeeded fails that DEL, the record and the pin stay, so the gateway's
+removal retries it. An ADD a crash interrupted (a record whose result is not cached) is
+undone at the next start, and again by a create that retries it.
 
 So a pin never exists without a record, except briefly during a removal; at start, pins
 without a record are removed. A record whose pin is gone (the node rebooted and /run was
@@ -18,9 +26,10 @@ import asyncio
 import logging
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from services.netd.cni import CniRunner
+from services.netd.cni import CniRunner, left_behind
 from shared.errors import CriplexError, InvalidArgument
 from shared.locks import KeyedLock
 from shared.nsfs import create_pinned, is_pinned, remove_pinned
@@ -49,6 +58,7 @@ class PodNetworks:
         """Read the records and remove pins nobody records (before serving)."""
         await asyncio.to_thread(self._records.load)
         await asyncio.to_thread(self.netns_dir.mkdir, parents=True, exist_ok=True, mode=0o755)
+        await self._cni.recover(self._records.values(), self.netns_dir)
         recorded = {Path(n.netns_path) for n in self._records.values()}
         for entry in await asyncio.to_thread(lambda: list(self.netns_dir.iterdir())):
             if entry not in recorded:
@@ -76,29 +86,35 @@ class PodNetworks:
 
     async def create(self, request: CreateNetworkRequest) -> PodNetwork:
         check_sandbox_id(request.sandbox_id)
+        plan = self._cni.plan(request)  # no usable network, or bad annotations: fail before making anything
         async with self._locks.hold(request.sandbox_id):
             existing = self._records.get(request.sandbox_id)
-            if existing is not None and is_pinned(Path(existing.netns_path)):
+            if existing is not None and is_pinned(Path(existing.netns_path)) and self._cni.attached(existing):
                 return existing
-            netns = self.netns_dir / request.sandbox_id
-            network = existing or PodNetwork(request.sandbox_id, str(netns), created_at=time.time_ns())
-            if existing is None:
-                await self._records.put(request.sandbox_id, network)
+            if existing is not None:
+                # An earlier create died mid-ADD, or the namespace vanished: undo what it may have made.
+                await self._cni.delete(existing)
+            name, digest = (plan.network.name, plan.network.digest) if plan.network is not None else ("", "")
+            network = PodNetwork(request.sandbox_id, str(self.netns_dir / request.sandbox_id),
+                                 created_at=existing.created_at if existing is not None else time.time_ns(),
+                                 cni_network=name, cni_config=digest)
+            await self._records.put(request.sandbox_id, network)
+            netns = Path(network.netns_path)
             try:
-                netns = Path(network.netns_path)
-                await remove_pinned(netns)  # an empty file left by a crash before the mount
+                await remove_pinned(netns)  # an empty file left by a crash before the mount, or a stale pin
                 await create_pinned({"net": netns})
-                attached = await self._cni.add(request, netns)
-            except BaseException:
-                await self._undo_create(network, keep_record=existing is not None)
+                attached = await self._cni.add(plan, request.sandbox_id, netns)
+            except BaseException as exc:
+                if not left_behind(exc):
+                    await self._undo_create(network, keep_record=existing is not None)
                 raise
-            if (attached.ips, attached.interface) != (network.ips, network.interface):
-                network = PodNetwork(network.sandbox_id, network.netns_path, attached.ips, attached.interface,
-                                     network.created_at)
-                await self._records.put(request.sandbox_id, network)
+            network = replace(network, ips=attached.ips, interface=attached.interface)
+            await self._records.put(request.sandbox_id, network)
             return network
 
     async def _undo_create(self, network: PodNetwork, keep_record: bool) -> None:
+        # The runner rolled its chain back; when it could not, the record and the pin stay
+        # (see create), so the gateway's removal retries the DEL inside the namespace.
         try:
             await remove_pinned(Path(network.netns_path))
             if not keep_record:

@@ -35,9 +35,13 @@ class CreateNetworkRequest:
 class PodNetwork:
     sandbox_id: str
     netns_path: str  # the pinned network namespace (a bind mount of nsfs)
-    ips: tuple[str, ...] = ()  # first is the pod's primary IP
+    ips: tuple[str, ...] = ()  # IPv4 first, then IPv6, no prefix length; the first is the primary IP
     interface: str = ""
     created_at: int = 0  # unix ns
+    # The CNI network the pod is attached to (recorded before ADD, so a DEL after a crash
+    # knows it): its name and the sha256 of the config list netd keeps a copy of. Empty: none.
+    cni_network: str = ""
+    cni_config: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,19 @@
-"""The netd process over real nng: a pod network survives a kill -9 of netd and is removed without a trace."""
+"""The netd process over real nng: a pod network (real bridge CNI) survives a kill -9 of netd and is removed
+without a trace."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
+import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
 from shared.errors import Unavailable
 from shared.nsfs import is_pinned
 from shared.schema.common import HEALTH, HealthRequest
@@ -22,26 +21,23 @@ from shared.schema.netd import (
     CREATE_NETWORK,
     LIST_NETWORKS,
     REMOVE_NETWORK,
-    CreateNetworkRequest,
     ListNetworksRequest,
+    PortMapping,
     RemoveNetworkRequest,
 )
 from shared.tracing import Tracing
 from shared.transport import DaemonClient
+from tests.netd.cni_support import CniWorld
 from tests.netd.test_nsfs import _links
-from tests.support.runtime import REPO, unmount_below
-
-SANDBOX = "f" * 64
+from tests.support.runtime import REPO
 
 
 class Netd:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.config_file = base / "criplex.toml"
-        self.config_file.write_text(
-            f'[paths]\nrun_dir = "{base}/run"\nstate_dir = "{base}/state"\nlog_dir = "{base}/log"\n'
-            f'[netd]\ncni_conf_dir = "{base}/cni"\n')
-        self.config = load_config(str(self.config_file), etc_file=base / "none", dropin_dir=base / "none")
+    def __init__(self, world: CniWorld) -> None:
+        self.world = world
+        self.base = world.base
+        self.config_file = world.base / "criplex.toml"
+        self.config = world.config
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -56,14 +52,24 @@ class Netd:
 
 @pytest.fixture
 def netd():
-    base = Path(tempfile.mkdtemp(prefix="cx-", dir="/tmp"))
-    daemon = Netd(base)
+    world = CniWorld()
+    daemon = Netd(world)
     try:
         yield daemon
     finally:
         daemon.kill()
-        unmount_below(base)
-        shutil.rmtree(base, ignore_errors=True)
+        asyncio.run(world.cleanup())
+
+
+async def _ready(client: DaemonClient) -> bool:
+    return (await client.call(HEALTH, HealthRequest())).ready
+
+
+async def _until(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 async def _until_serving(client: DaemonClient, timeout: float = 10.0) -> None:
@@ -85,8 +91,13 @@ def test_network_survives_a_netd_kill_and_is_removed_without_a_trace(netd):
             await _until_serving(client)
             health = await client.call(HEALTH, HealthRequest())
             assert (health.ready, health.reason) == (False, "NetworkPluginNotReady")
-            network = await client.call(CREATE_NETWORK, CreateNetworkRequest(SANDBOX, "p", "ns", "uid"))
-            assert _links(Path(network.netns_path)) == [("lo", True)]
+            netd.world.standard()
+            await _until(lambda: _ready(client), "NetworkReady once the conflist is written")
+            request = netd.world.request(ports=(PortMapping("tcp", 80, 30000 + secrets.randbelow(20000)),))
+            network = await client.call(CREATE_NETWORK, request)
+            assert network.ips and network.interface == "eth0"
+            assert sorted(name.split("@")[0] for name, _ in _links(Path(network.netns_path))) == ["eth0", "lo"]
+            assert netd.world.nat_rules_of(request.sandbox_id) != []
 
             netd.kill()
             netd.start()
@@ -95,11 +106,15 @@ def test_network_survives_a_netd_kill_and_is_removed_without_a_trace(netd):
             assert listed.networks == (network,)
             assert is_pinned(Path(network.netns_path))
 
-            assert (await client.call(REMOVE_NETWORK, RemoveNetworkRequest(SANDBOX))).existed
+            assert (await client.call(REMOVE_NETWORK, RemoveNetworkRequest(request.sandbox_id))).existed
             assert (await client.call(LIST_NETWORKS, ListNetworksRequest())).networks == ()
         finally:
             client.close()
         assert not os.path.lexists(network.netns_path)
+        world = netd.world
+        assert world.links_on_bridge() == [] and world.leases() == []
+        assert world.nat_rules_of(request.sandbox_id) == []
+        assert list((world.state_dir / "cni" / "results").iterdir()) == []
         with open("/proc/self/mountinfo") as f:
             assert str(netd.base) not in f.read()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.netd.cni import Attachment, CniRunner
+from services.netd.cni import Attachment, CniRunner, LoopbackOnly
 from services.netd.service import NetdService
 from shared.config import Config, load_config
 from shared.daemon import DaemonContext
@@ -33,6 +33,7 @@ from tests.netd.test_nsfs import _links
 from tests.support.runtime import unmount_below
 
 SANDBOX = "a" * 64
+_LOOPBACK = '{"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}'
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def running(config: Config, cni: CniRunner | None = None) -> AsyncIterator
     state_dir.mkdir(parents=True, exist_ok=True)
     events = EventPublisher("netd", config)
     ctx = DaemonContext("netd", config, Tracing("netd", config.tracing), events, state_dir, time.time())
-    service = NetdService(ctx, cni)
+    service = NetdService(ctx, cni or LoopbackOnly())
     task = asyncio.create_task(service.run())
     try:
         await asyncio.wait_for(service._loaded.wait(), 5)
@@ -148,20 +149,14 @@ def test_a_bad_sandbox_id_is_refused_and_makes_nothing(config, sandbox_id):
     asyncio.run(main())
 
 
-class FailingCni:
-    async def add(self, request, netns):
+class FailingCni(LoopbackOnly):
+    async def add(self, plan, sandbox_id, netns):
         raise Internal("plugin failed")
 
-    async def delete(self, network):
-        return
 
-
-class AddressingCni:
-    async def add(self, request, netns):
+class AddressingCni(LoopbackOnly):
+    async def add(self, plan, sandbox_id, netns):
         return Attachment(("10.88.0.5",), "eth0")
-
-    async def delete(self, network):
-        return
 
 
 def test_a_failed_attachment_leaves_no_pin_and_no_record(config):
@@ -248,15 +243,15 @@ def test_readiness_follows_the_cni_conf_dir_without_listing_it_per_call(config):
         async with running(config) as netd:
             assert not netd.readiness().ready
             assert netd.readiness().reason == "NetworkPluginNotReady"
-            (conf_dir / "10-net.conflist").write_text("{}")
+            (conf_dir / "10-net.conflist").write_text(_LOOPBACK)
             await _eventually(lambda: netd.readiness().ready, "NetworkReady after a conflist appears", 1.0)
-            assert netd.readiness().info == {"cni_config": "10-net.conflist"}
+            assert netd.readiness().info == {"cni_config": "10-net.conflist", "cni_network": "lo"}
             (conf_dir / "10-net.conflist").unlink()
             await _eventually(lambda: not netd.readiness().ready, "NetworkReady false once it is gone", 1.0)
             # The directory itself replaced: seen by the periodic rescan.
             shutil.rmtree(conf_dir)
             conf_dir.mkdir()
-            (conf_dir / "99-new.conf").write_text("{}")
+            (conf_dir / "99-new.conf").write_text(_LOOPBACK)
             await _eventually(lambda: netd.readiness().ready, "NetworkReady in a recreated directory", 5.0)
 
     asyncio.run(main())

@@ -22,7 +22,7 @@ from tests.support.registry import Registry
 
 
 @dataclass(frozen=True)
-class TestNetwork:
+class PodTestNetwork:
     bridge: str
     subnet: str  # a /24
     ipam_dir: Path
@@ -51,8 +51,8 @@ class TestNetwork:
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNetwork]:
-    net = TestNetwork(bridge=f"cxt{secrets.token_hex(3)}", subnet=f"10.199.{secrets.randbelow(250) + 1}.0/24",
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodTestNetwork]:
+    net = PodTestNetwork(bridge=f"cxt{secrets.token_hex(3)}", subnet=f"10.199.{secrets.randbelow(250) + 1}.0/24",
                       ipam_dir=tmp_path_factory.mktemp("ipam"))
     try:
         yield net
@@ -61,7 +61,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNetwork]:
 
 
 @pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, network: TestNetwork,
+def pods(registry: Registry, pushed_busybox: PushedImage, network: PodTestNetwork,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("containers"),
                           cni_conflist=network.conflist())

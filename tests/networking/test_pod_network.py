@@ -6,8 +6,6 @@ Traffic goes only to 127.0.0.1 and to the pods' own addresses on the test's brid
 from __future__ import annotations
 
 import ipaddress
-import os
-import signal
 import socket
 import subprocess
 import urllib.request
@@ -16,8 +14,8 @@ import grpc
 import pytest
 
 from shared.cri import api_pb2
-from tests.networking.conftest import TestNetwork
-from tests.support.pods import Pods, container_config, sandbox_config
+from tests.networking.conftest import PodTestNetwork
+from tests.support.pods import Pods, container_config, kill_9, sandbox_config
 from tests.support.runtime import wait_for
 
 
@@ -41,7 +39,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_pod_gets_an_address_from_the_network(pod: Pods, network: TestNetwork):
+def test_a_pod_gets_an_address_from_the_network(pod: Pods, network: PodTestNetwork):
     sid = pod.run_pod()
     ip = _pod_ip(pod, sid)
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(network.subnet)
@@ -72,7 +70,7 @@ def test_a_host_port_answers_on_localhost(pod: Pods):
     wait_for(answers, 20, f"127.0.0.1:{port} to answer")
 
 
-def test_stopping_a_pod_releases_its_address_veth_and_port_chains(pod: Pods, network: TestNetwork):
+def test_stopping_a_pod_releases_its_address_veth_and_port_chains(pod: Pods, network: PodTestNetwork):
     before = set(network.veths())
     port = _free_port()
     sandbox = sandbox_config()
@@ -86,12 +84,11 @@ def test_stopping_a_pod_releases_its_address_veth_and_port_chains(pod: Pods, net
     pod.client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=30)
 
 
-def test_netd_killed_between_add_and_del_leaves_nothing_once_the_pod_is_removed(pod: Pods, network: TestNetwork):
+def test_netd_killed_between_add_and_del_leaves_nothing_once_the_pod_is_removed(pod: Pods, network: PodTestNetwork):
     leases_before, veths_before = set(network.leases()), set(network.veths())
     sid = pod.run_pod()
     assert set(network.leases()) - leases_before
-    os.kill(pod.run.daemon_pid("netd"), signal.SIGKILL)
-    wait_for(pod.run.ready, 30, "netd back")
+    kill_9(pod, "netd")
     pod.client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=30)
     pod.client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=30)
     assert set(network.leases()) == leases_before
@@ -109,7 +106,7 @@ def test_dns_options_land_in_resolv_conf(pod: Pods):
     assert "nameserver 10.96.0.10" in resolv and "ndots:5" in resolv
 
 
-def test_a_host_network_pod_skips_cni(pod: Pods, network: TestNetwork):
+def test_a_host_network_pod_skips_cni(pod: Pods, network: PodTestNetwork):
     leases = set(network.leases())
     sid = pod.run_pod(sandbox_config(host_network=True))
     assert _pod_ip(pod, sid) == ""

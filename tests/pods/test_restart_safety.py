@@ -14,24 +14,10 @@ from shared.schema.imaged import IMAGE_STATUS, ImageStatusRequest
 from shared.schema.monitord import CREATE_SANDBOX, CreateSandboxRequest
 from shared.schema.netd import CREATE_NETWORK, LIST_NETWORKS, CreateNetworkRequest, ListNetworksRequest
 from shared.schema.storaged import CREATE_ROOTFS, LIST_ROOTFS, CreateRootfsRequest, ListRootfsRequest
-from tests.support.pods import Pods, alive, container_pid, daemon_call, kill_leftovers, sandbox_config
+from tests.support.pods import Pods, alive, container_pid, daemon_call, kill_9, kill_leftovers, sandbox_config
 from tests.support.runtime import unmount_below, wait_for
 
 SERVICES = ("gateway", "imaged", "storaged", "netd", "monitord")
-
-
-def kill_9(pods: Pods, service: str) -> None:
-    pid = pods.run.daemon_pid(service)
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _restarted(pods, service, pid), 30, f"supervisord to restart {service}")
-    wait_for(pods.run.ready, 30, "criplex to be ready again")
-
-
-def _restarted(pods: Pods, service: str, old: int) -> bool:
-    try:
-        return pods.run.daemon_pid(service) not in (0, old)
-    except ValueError:
-        return False
 
 
 @pytest.mark.parametrize("service", SERVICES)

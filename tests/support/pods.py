@@ -188,3 +188,17 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def kill_9(pods: Pods, service: str) -> None:
+    pid = pods.run.daemon_pid(service)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _restarted(pods, service, pid), 30, f"supervisord to restart {service}")
+    wait_for(pods.run.ready, 30, "criplex to be ready again")
+
+
+def _restarted(pods: Pods, service: str, old: int) -> bool:
+    try:
+        return pods.run.daemon_pid(service) not in (0, old)
+    except ValueError:
+        return False

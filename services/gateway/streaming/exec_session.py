@@ -1,0 +1,222 @@
+"""Exec: run a command in a container through the OCI runtime, as a child of streamd.
+
+`<runtime> --root R exec [--tty] --pid-file P <id> <cmd...>` stays in the foreground for
+the whole command and exits with its status (CRI-O's streaming exec does the same, without
+conmon). With a tty, the runtime's stdio is the slave side of a pty we open: runc puts
+its own stdin in raw mode, makes the container's console, and copies both ways; a resize is
+TIOCSWINSZ on our master plus SIGWINCH to runc, which then copies that size onto the
+container's console (the pty is not runc's controlling terminal, so the kernel would not
+signal it). Without a tty, plain pipes.
+
+The command never outlives its session: if the client goes away, or streamd stops, the
+exec'd process (its pid from --pid-file) is killed and the runtime reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import struct
+import termios
+from pathlib import Path
+
+from services.gateway.streaming.connection import Stream, StreamClosed
+from services.gateway.streaming.remotecommand import Channels, TerminalSize, report, terminal_sizes
+from shared.schema.streamd import ExecSession
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+# After the command ends, its own background children may still hold the output open.
+_DRAIN_GRACE_S = 1.0
+_REAP_GRACE_S = 10.0
+
+
+def exec_argv(request: ExecSession, pid_file: Path) -> list[str]:
+    return [request.runtime.path, f"--root={request.runtime.root}", "exec", *(["--tty"] if request.tty else []),
+            "--pid-file", str(pid_file), request.container_id, *request.cmd]
+
+
+def exit_code_of(returncode: int) -> int:
+    # A runtime killed by a signal reports as a shell would: 128 + the signal number.
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+async def run_exec(request: ExecSession, channels: Channels, scratch_dir: Path) -> None:
+    pid_file = scratch_dir / f"exec-{secrets.token_hex(8)}.pid"
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        if request.tty:
+            proc = await _run_with_tty(request, channels, pid_file)
+        else:
+            proc = await _run_with_pipes(request, channels, pid_file)
+        assert proc.returncode is not None
+        await report(channels, exit_code_of(proc.returncode))
+    finally:
+        if proc is not None and proc.returncode is None:
+            await _stop(proc, pid_file)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+
+
+async def _run_with_pipes(request: ExecSession, channels: Channels, pid_file: Path) -> asyncio.subprocess.Process:
+    pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        *exec_argv(request, pid_file), stdin=pipe if channels.stdin else null,
+        stdout=pipe if channels.stdout else null, stderr=pipe if channels.stderr else null)
+    outputs = []
+    if channels.stdout is not None:
+        assert proc.stdout is not None
+        outputs.append(asyncio.create_task(_copy_out(proc.stdout, channels.stdout)))
+    if channels.stderr is not None:
+        assert proc.stderr is not None
+        outputs.append(asyncio.create_task(_copy_out(proc.stderr, channels.stderr)))
+    feeding = None
+    if channels.stdin is not None:
+        assert proc.stdin is not None
+        feeding = asyncio.create_task(_copy_in(channels.stdin, proc.stdin))
+    try:
+        await proc.wait()
+        if outputs:
+            await asyncio.wait(outputs, timeout=_DRAIN_GRACE_S)
+    finally:
+        for task in [*outputs, *([feeding] if feeding else [])]:
+            task.cancel()
+        if proc.returncode is None:
+            await _stop(proc, pid_file)
+    return proc
+
+
+async def _copy_out(source: asyncio.StreamReader, stream: Stream) -> None:
+    with contextlib.suppress(StreamClosed):
+        while chunk := await source.read(_READ_SIZE):
+            await stream.write(chunk)
+
+
+async def _copy_in(stream: Stream, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await stream.read():
+            sink.write(chunk)
+            await sink.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        return
+    sink.close()  # the client half-closed stdin: the command sees end of input
+
+
+async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path) -> asyncio.subprocess.Process:
+    master, slave = os.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(*exec_argv(request, pid_file), stdin=slave, stdout=slave,
+                                                    stderr=slave)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)  # runc holds it now: when runc exits, reading the master ends with EIO
+    os.set_blocking(master, False)
+    tasks = []
+    if channels.stdout is not None:
+        tasks.append(asyncio.create_task(_copy_from_pty(master, channels.stdout)))
+    if channels.stdin is not None:
+        tasks.append(asyncio.create_task(_copy_to_pty(channels.stdin, master)))
+    if channels.resize is not None:
+        tasks.append(asyncio.create_task(_apply_resizes(channels.resize, master, proc.pid)))
+    try:
+        await proc.wait()
+        if channels.stdout is not None:
+            await asyncio.wait(tasks[:1], timeout=_DRAIN_GRACE_S)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        os.close(master)
+        if proc.returncode is None:
+            await _stop(proc, pid_file)
+    return proc
+
+
+async def _copy_from_pty(master: int, stream: Stream) -> None:
+    with contextlib.suppress(StreamClosed):
+        while chunk := await _read_fd(master):
+            await stream.write(chunk)
+
+
+async def _copy_to_pty(stream: Stream, master: int) -> None:
+    while chunk := await stream.read():
+        await _write_fd(master, chunk)
+
+
+async def _apply_resizes(stream: Stream, master: int, runtime_pid: int) -> None:
+    async for size in terminal_sizes(stream):
+        resize_pty(master, size)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runtime_pid, signal.SIGWINCH)
+
+
+def resize_pty(fd: int, size: TerminalSize) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+
+
+async def _read_fd(fd: int) -> bytes:
+    """Bytes from a non-blocking fd; b"" at its end (EIO is how a pty master says the slave is gone)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+        ready = loop.create_future()
+        loop.add_reader(fd, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+            continue
+        except BlockingIOError:
+            pass
+        ready = loop.create_future()
+        loop.add_writer(fd, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
+
+
+async def _stop(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+    """Kill the exec'd process (killing only runc would leave it running in the container), reap runc."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pid = 0  # runc has not started it yet: killing runc below is enough
+    if pid > 0:
+        # runc is alive and has not reaped its child, so the pid cannot have been reused yet.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        await asyncio.shield(asyncio.wait_for(proc.wait(), _REAP_GRACE_S))
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise

@@ -1,0 +1,170 @@
+"""streamd's HTTP server: one TCP connection per session, from the upgrade to the last frame.
+
+Each connection runs as a task the server owns. Stopping the server (streamd's shutdown)
+cancels them all: each ends its session cleanly (GOAWAY, then the connection closes, and
+an exec'd command is killed), so a client sees its session end, while the container keeps
+running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from pathlib import Path
+
+from services.gateway.streaming import handshake
+from services.gateway.streaming.attach_session import run_attach
+from services.gateway.streaming.connection import SpdySession
+from services.gateway.streaming.exec_session import run_exec
+from services.gateway.streaming.handshake import HttpRefusal
+from services.gateway.streaming.port_forward_session import PROTOCOL as PORT_FORWARD_PROTOCOL
+from services.gateway.streaming.port_forward_session import is_port_forward_stream, run_port_forward
+from services.gateway.streaming.remotecommand import (
+    PROTOCOLS as REMOTECOMMAND_PROTOCOLS,
+)
+from services.gateway.streaming.remotecommand import (
+    SessionFailed,
+    Wanted,
+    collect_channels,
+    is_remotecommand_stream,
+    report,
+)
+from services.gateway.streaming.tokens import TokenCache
+from shared.config import StreamdConfig
+from shared.schema.streamd import AttachSession, ExecSession, PortForwardSession
+
+log = logging.getLogger(__name__)
+
+Prepared = ExecSession | AttachSession | PortForwardSession
+_KIND_OF = {ExecSession: "exec", AttachSession: "attach", PortForwardSession: "portforward"}
+
+
+def kind_of(request: Prepared) -> str:
+    return _KIND_OF[type(request)]
+
+
+class StreamServer:
+    def __init__(self, config: StreamdConfig, scratch_dir: Path) -> None:
+        self._config = config
+        self._scratch = scratch_dir
+        self.tokens: TokenCache[Prepared] = TokenCache(config.token_ttl, config.max_tokens)
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self._config.tls_cert else "http"
+        host = self._config.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def prepare(self, request: Prepared) -> str:
+        token = self.tokens.insert(request)
+        return f"{self.base_url}/{kind_of(request)}/{token}"
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        tls = None
+        if self._config.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self._config.tls_cert, self._config.tls_key)
+        self._server = await asyncio.start_server(self._accept, self._config.address, self._config.port, ssl=tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("streaming server listening on %s", self.base_url)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        sessions = list(self._sessions)
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connection(reader, writer))
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("streaming connection lost: %s", exc)
+        except Exception:
+            log.exception("streaming connection failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = handshake.new_connection()
+        try:
+            incoming = await handshake.read_request(conn, reader)
+            # A token is spent by any request naming it, as the kubelet's server does.
+            prepared = self.tokens.consume(incoming.token)
+            if prepared is None or kind_of(prepared) != incoming.kind:
+                raise HttpRefusal(404, "404 page not found: unknown, expired or used token")
+            supported = (PORT_FORWARD_PROTOCOL,) if incoming.kind == "portforward" else REMOTECOMMAND_PROTOCOLS
+            protocol = handshake.negotiate(incoming, supported)
+        except HttpRefusal as refusal:
+            log.info("refusing a streaming request: %d %s", refusal.status, refusal.message)
+            writer.write(handshake.refusal_bytes(conn, refusal))
+            await writer.drain()
+            return
+        writer.write(handshake.upgrade_bytes(conn, protocol))
+        await writer.drain()
+        leftover, _closed = conn.trailing_data
+        accepts = is_port_forward_stream if isinstance(prepared, PortForwardSession) else is_remotecommand_stream
+        session = SpdySession(reader, writer, idle_timeout=self._config.idle_timeout, accept_stream=accepts,
+                              initial=bytes(leftover))
+        await self._run_session(session, prepared, protocol)
+
+    async def _run_session(self, session: SpdySession, prepared: Prepared, protocol: str) -> None:
+        serving = asyncio.create_task(session.serve())
+        working = asyncio.create_task(self._work(session, prepared, protocol))
+        try:
+            await asyncio.wait({serving, working}, return_when=asyncio.FIRST_COMPLETED)
+            if working.done():
+                working.result()
+                await session.finish()
+            else:
+                log.info("%s session for %s ended: %s", kind_of(prepared), _target(prepared), session.end_reason)
+        finally:
+            working.cancel()
+            await asyncio.gather(working, return_exceptions=True)
+            await session.close()
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+
+    async def _work(self, session: SpdySession, prepared: Prepared, protocol: str) -> None:
+        if isinstance(prepared, PortForwardSession):
+            await run_port_forward(prepared, session)
+            return
+        wanted = Wanted(prepared.stdin, prepared.stdout, prepared.stderr, prepared.tty)
+        try:
+            channels = await collect_channels(session, protocol, wanted)
+        except SessionFailed as exc:
+            log.info("%s session for %s: %s", kind_of(prepared), prepared.container_id, exc)
+            return
+        try:
+            if isinstance(prepared, ExecSession):
+                await run_exec(prepared, channels, self._scratch)
+            else:
+                await run_attach(prepared, channels)
+        except SessionFailed as exc:
+            await report(channels, None, str(exc))
+        except OSError as exc:
+            log.warning("%s session for %s failed: %s", kind_of(prepared), prepared.container_id, exc)
+            await report(channels, None, f"{kind_of(prepared)} failed: {exc}")
+
+
+def _target(prepared: Prepared) -> str:
+    return prepared.sandbox_id if isinstance(prepared, PortForwardSession) else prepared.container_id

@@ -1,0 +1,49 @@
+"""A criplex with busybox pulled, for streaming sessions against real containers (runc, conmon, netns).
+
+crictl v1.26.1 is used as an extra check where it is installed (/tmp/bin/crictl, or
+CRIPLEX_CRICTL); the Python client in tests/support/spdy_client.py covers the same ground
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pods.conftest import start_pods
+from tests.support.fixtures import PushedImage
+from tests.support.pods import Pods
+from tests.support.registry import Registry
+
+CRICTL = Path(os.environ.get("CRIPLEX_CRICTL", "/tmp/bin/crictl"))
+
+
+@pytest.fixture(scope="module")
+def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Pods]:
+    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("streaming"))
+
+
+@pytest.fixture
+def pod(pods: Pods) -> Iterator[Pods]:
+    try:
+        yield pods
+    finally:
+        pods.cleanup()
+
+
+@pytest.fixture
+def crictl(pods: Pods) -> Iterator[list[str]]:
+    if not CRICTL.is_file():
+        pytest.skip(f"crictl v1.26.1 is not installed at {CRICTL} (set CRIPLEX_CRICTL); the Python client "
+                    "tests cover the same sessions")
+    yield [str(CRICTL), "--runtime-endpoint", f"unix://{pods.run.socket}", "--timeout", "30s"]
+
+
+def run_crictl(crictl: list[str], *args: str, input: bytes | None = None, timeout: float = 60
+               ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*crictl, *args], input=input, capture_output=True, timeout=timeout)
