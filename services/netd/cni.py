@@ -63,15 +63,23 @@ class Attachment:
 
     ips: tuple[str, ...] = ()
     interface: str = ""
+    result: dict[str, Any] | None = None  # the chain's final CNI result, for `commit`
 
 
 class CniRunner(Protocol):
     def plan(self, request: CreateNetworkRequest) -> AttachPlan:
         """The network and arguments the pod will get; raises before anything is made."""
 
+    async def prepare(self, plan: AttachPlan, sandbox_id: str) -> None:
+        """Make what a DEL after a crash mid-ADD needs durable (the config and the arguments);
+        may run alongside the record and the namespace, and must finish before `add`."""
+
     async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
-        """Attach the freshly made `netns` (CNI ADD); called once the namespace is pinned and
-        the record names `plan.network`."""
+        """Attach the freshly made `netns` (CNI ADD); called once the namespace is pinned,
+        the record names `plan.network` and `prepare` is done. A failed ADD is rolled back."""
+
+    async def commit(self, plan: AttachPlan, sandbox_id: str, attachment: Attachment) -> None:
+        """Keep the ADD's result for a later DEL (libcni's cache)."""
 
     async def delete(self, network: PodNetwork) -> None:
         """Detach (CNI DEL) before the namespace is removed; must tolerate a half-made or gone netns."""
@@ -89,8 +97,14 @@ class LoopbackOnly:
     def plan(self, request: CreateNetworkRequest) -> AttachPlan:
         return AttachPlan(None)
 
+    async def prepare(self, plan: AttachPlan, sandbox_id: str) -> None:
+        return
+
     async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
         return Attachment()
+
+    async def commit(self, plan: AttachPlan, sandbox_id: str, attachment: Attachment) -> None:
+        return
 
     async def delete(self, network: PodNetwork) -> None:
         return
@@ -119,14 +133,23 @@ class PluginChain:
         network = self._current()
         return AttachPlan(network, cni_args(request), capability_args(request, self._pod_cidr()))
 
+    def _attempt(self, plan: AttachPlan, sandbox_id: str) -> CachedAttachment:
+        assert plan.network is not None
+        return CachedAttachment(plan.network.name, sandbox_id, IFNAME, plan.network.raw, plan.cni_args,
+                                plan.capability_args or {}, None)
+
+    async def prepare(self, plan: AttachPlan, sandbox_id: str) -> None:
+        network = plan.network
+        if network is None:
+            return
+        await asyncio.gather(self._cache.keep_config(network.digest, network.raw),
+                             self._cache.put_result(self._attempt(plan, sandbox_id)))
+
     async def add(self, plan: AttachPlan, sandbox_id: str, netns: Path) -> Attachment:
         network = plan.network
         if network is None:
             return Attachment()
-        await self._cache.keep_config(network.digest, network.raw)
         capabilities = plan.capability_args or {}
-        attempt = CachedAttachment(network.name, sandbox_id, IFNAME, network.raw, plan.cni_args, capabilities, None)
-        await self._cache.put_result(attempt)
         invocation = Invocation("ADD", sandbox_id, str(netns), plan.cni_args, self._cni_path, self._timeout)
         env = plugin_env(invocation, self._env)
         result: dict[str, Any] | None = None
@@ -140,8 +163,11 @@ class PluginChain:
             await self._roll_back(network, sandbox_id, netns, plan, done, exc)
             raise
         final = result or {}
-        await self._cache.put_result(replace(attempt, result=final))
-        return Attachment(pod_ips(final, IFNAME), IFNAME)
+        return Attachment(pod_ips(final, IFNAME), IFNAME, final)
+
+    async def commit(self, plan: AttachPlan, sandbox_id: str, attachment: Attachment) -> None:
+        if plan.network is not None:
+            await self._cache.put_result(replace(self._attempt(plan, sandbox_id), result=attachment.result or {}))
 
     async def _roll_back(self, network: NetworkConfig, sandbox_id: str, netns: Path, plan: AttachPlan, failing: int,
                          failure: BaseException) -> None:

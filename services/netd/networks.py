@@ -26,6 +26,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,19 +99,27 @@ class PodNetworks:
             network = PodNetwork(request.sandbox_id, str(self.netns_dir / request.sandbox_id),
                                  created_at=existing.created_at if existing is not None else time.time_ns(),
                                  cni_network=name, cni_config=digest)
-            await self._records.put(request.sandbox_id, network)
             netns = Path(network.netns_path)
             try:
-                await remove_pinned(netns)  # an empty file left by a crash before the mount, or a stale pin
-                await create_pinned({"net": netns})
+                # The record and the namespace at once: a pin that a crash leaves without its
+                # record is removed at the next start (load), so neither has to wait for the other.
+                await _all(self._records.put(request.sandbox_id, network), self._fresh_pin(netns),
+                           self._cni.prepare(plan, request.sandbox_id))
                 attached = await self._cni.add(plan, request.sandbox_id, netns)
             except BaseException as exc:
                 if not left_behind(exc):
                     await self._undo_create(network, keep_record=existing is not None)
                 raise
             network = replace(network, ips=attached.ips, interface=attached.interface)
-            await self._records.put(request.sandbox_id, network)
+            # The cached result and the record with the IPs are independent: write them at once.
+            await _all(self._cni.commit(plan, request.sandbox_id, attached),
+                       self._records.put(request.sandbox_id, network))
             return network
+
+    @staticmethod
+    async def _fresh_pin(netns: Path) -> None:
+        await remove_pinned(netns)  # an empty file left by a crash before the mount, or a stale pin
+        await create_pinned({"net": netns})
 
     async def _undo_create(self, network: PodNetwork, keep_record: bool) -> None:
         # The runner rolled its chain back; when it could not, the record and the pin stay
@@ -132,6 +141,14 @@ class PodNetworks:
                 await remove_pinned(self.netns_dir / sandbox_id)
                 return False
             await self._cni.delete(network)
-            await remove_pinned(Path(network.netns_path))
-            await self._records.delete(sandbox_id)
+            # After DEL, the pin and the record can go together: a pin left without its record
+            # is removed at the next start, a record left without its pin is removed again.
+            await _all(remove_pinned(Path(network.netns_path)), self._records.delete(sandbox_id))
             return True
+
+
+async def _all(*steps: Awaitable[object]) -> None:
+    """Run steps at once and wait for every one (so none is still running during a cleanup)."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
