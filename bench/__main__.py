@@ -34,7 +34,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main(parts: list[str]) -> None:
-    parts = parts or ["transport", "cri", "rss", "images", "pods"]
+    parts = parts or ["transport", "cri", "rss", "images", "pods", "pods-net"]
     print(f"# criplex bench, {time.strftime('%Y-%m-%d')}\n\nMachine: {_machine()}\n")
     if "transport" in parts:
         print("## nng hop (client process → daemon process, trivial method)\n")
@@ -71,6 +71,10 @@ def main(parts: list[str]) -> None:
             containerd.stop()
         if criplex is not None:
             criplex.stop()
+    if "pods-net" in parts:
+        from bench import pods_net
+
+        pods_net.run()
     if "pods" in parts:
         from bench import pods
 

@@ -16,7 +16,7 @@ from shared.cri.client import CriClient
 
 class Containerd:
     def __init__(self, registry_host: str = "", sandbox_image: str = "registry.k8s.io/pause:3.9",
-                 loopback_cni: bool = False) -> None:
+                 loopback_cni: bool = False, conflist: str = "") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="cxc-", dir="/tmp"))
         self.socket = self.base / "state" / "containerd.sock"
         certs = self.base / "certs.d"
@@ -28,7 +28,9 @@ class Containerd:
         cni = self.base / "cni"
         cni.mkdir()
         cni_bin = "/usr/lib/cni"
-        if loopback_cni:
+        if conflist:
+            (cni / "10-bench.conflist").write_text(conflist)
+        elif loopback_cni:
             cni_bin = str(self._loopback_only_cni(cni))
         self.config = self.base / "config.toml"
         self.config.write_text(f"""version = 2
