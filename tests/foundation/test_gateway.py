@@ -23,7 +23,7 @@ DAEMON_CALL = {
     "storaged": lambda c: c.image.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=5),
 }
 CONDITION_OF = {"imaged": "RuntimeReady", "storaged": "RuntimeReady", "monitord": "RuntimeReady",
-                "netd": "NetworkReady"}
+                "netd": "NetworkReady"}  # streamd gates no condition: see test_streamd_down_leaves_the_runtime_ready
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_status_is_ready_with_verbose_config_and_daemon_info(criplex):
     config = json.loads(status.info["config"])
     assert config["paths"]["run_dir"] == str(criplex.run_dir)
     daemons = json.loads(status.info["daemons"])
-    assert set(daemons) == {"imaged", "storaged", "netd", "monitord"}
+    assert set(daemons) == {"imaged", "storaged", "netd", "monitord", "streamd"}
     assert all(d["connected"] and d["ready"] for d in daemons.values())
     # The default handler again under "", as the kubelet looks it up.
     assert [h.name for h in status.runtime_handlers] == ["", "runc"]
@@ -170,8 +170,22 @@ def test_gateway_sees_each_daemon_start_through_pub_sub(criplex):
     wait_for(lambda: starts()["netd"] > before["netd"], 10, "the gateway to hear netd's start event")
 
 
+def test_streamd_down_leaves_the_runtime_ready(criplex):
+    """Without streamd only Exec/Attach/PortForward fail (UNAVAILABLE); Status stays ready."""
+    criplex.supervisorctl("stop", "streamd")
+    try:
+        with criplex.client() as c:
+            wait_for(lambda: not json.loads(c.runtime.Status(api_pb2.StatusRequest(verbose=True), timeout=5)
+                                            .info["daemons"])["streamd"]["connected"], 10, "streamd to be seen down")
+            conditions = c.runtime.Status(api_pb2.StatusRequest(), timeout=5).status.conditions
+            assert all(cond.status for cond in conditions)
+    finally:
+        criplex.supervisorctl("start", "streamd")
+    wait_for(criplex.ready, 15, "the runtime to be ready again")
+
+
 def test_restarting_the_gateway_keeps_daemons_running(criplex):
-    pids = {s: criplex.daemon_pid(s) for s in ("imaged", "storaged", "netd", "monitord")}
+    pids = {s: criplex.daemon_pid(s) for s in ("imaged", "storaged", "netd", "monitord", "streamd")}
     criplex.supervisorctl("restart", "gateway")
     wait_for(criplex.ready, 15, "the gateway to serve again")
     assert {s: criplex.daemon_pid(s) for s in pids} == pids

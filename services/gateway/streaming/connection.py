@@ -171,16 +171,14 @@ class SpdySession:
         """Reads and dispatches frames; returns when the session is over, never raises for the peer's faults."""
         watchdog = asyncio.create_task(self._watch_idle())
         try:
-            for frame in self._frames.frames():
-                await self._dispatch(frame)
+            await self._dispatch_buffered()
             while not self.closed:
                 data = await self._reader.read(_READ_SIZE)
                 if not data:
                     self.end_reason = self.end_reason or "the client closed the connection"
                     break
                 self._frames.feed(data)
-                for frame in self._frames.frames():
-                    await self._dispatch(frame)
+                await self._dispatch_buffered()
         except spdy.SessionError as exc:
             log.info("SPDY session error: %s", exc)
             self.end_reason = f"protocol error: {exc}"
@@ -194,6 +192,20 @@ class SpdySession:
             watchdog.cancel()
             self._end_streams()
             self._served.set()
+
+    async def _dispatch_buffered(self) -> None:
+        while True:
+            try:
+                frame = self._frames.next_frame()
+            except spdy.StreamError as exc:
+                # The frame was consumed whole and the zlib stream is in step: only its stream fails.
+                log.info("SPDY stream %d refused: %s", exc.stream_id, exc)
+                self._last_stream_id = max(self._last_stream_id, exc.stream_id)
+                await self.send(spdy.RstStream(exc.stream_id, exc.status))
+                continue
+            if frame is None:
+                return
+            await self._dispatch(frame)
 
     async def _dispatch(self, frame: spdy.Frame) -> None:
         if not isinstance(frame, spdy.Ping):

@@ -24,6 +24,7 @@ import secrets
 import signal
 import struct
 import termios
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from services.gateway.streaming.connection import Stream, StreamClosed
@@ -36,6 +37,7 @@ _READ_SIZE = 64 * 1024
 # After the command ends, its own background children may still hold the output open.
 _DRAIN_GRACE_S = 1.0
 _REAP_GRACE_S = 10.0
+_FIRST_SIZE_WAIT_S = 1.0
 
 
 def exec_argv(request: ExecSession, pid_file: Path) -> list[str]:
@@ -111,6 +113,13 @@ async def _copy_in(stream: Stream, sink: asyncio.StreamWriter) -> None:
 
 async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path) -> asyncio.subprocess.Process:
     master, slave = os.openpty()
+    sizes = terminal_sizes(channels.resize) if channels.resize is not None else None
+    if sizes is not None:
+        # runc sizes the container's console from its stdin when it starts, and client-go sends
+        # the terminal's size first thing: wait briefly for it, or a command that asks at once
+        # (stty size, a full-screen program) would see 0x0 before the SIGWINCH lands.
+        with contextlib.suppress(TimeoutError, StopAsyncIteration):
+            resize_pty(master, await asyncio.wait_for(anext(sizes), _FIRST_SIZE_WAIT_S))
     try:
         proc = await asyncio.create_subprocess_exec(*exec_argv(request, pid_file), stdin=slave, stdout=slave,
                                                     stderr=slave)
@@ -125,8 +134,8 @@ async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path
         tasks.append(asyncio.create_task(_copy_from_pty(master, channels.stdout)))
     if channels.stdin is not None:
         tasks.append(asyncio.create_task(_copy_to_pty(channels.stdin, master)))
-    if channels.resize is not None:
-        tasks.append(asyncio.create_task(_apply_resizes(channels.resize, master, proc.pid)))
+    if sizes is not None:
+        tasks.append(asyncio.create_task(_apply_resizes(sizes, master, proc.pid)))
     try:
         await proc.wait()
         if channels.stdout is not None:
@@ -152,8 +161,8 @@ async def _copy_to_pty(stream: Stream, master: int) -> None:
         await _write_fd(master, chunk)
 
 
-async def _apply_resizes(stream: Stream, master: int, runtime_pid: int) -> None:
-    async for size in terminal_sizes(stream):
+async def _apply_resizes(sizes: AsyncIterator[TerminalSize], master: int, runtime_pid: int) -> None:
+    async for size in sizes:
         resize_pty(master, size)
         with contextlib.suppress(ProcessLookupError):
             os.kill(runtime_pid, signal.SIGWINCH)

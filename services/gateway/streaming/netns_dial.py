@@ -68,9 +68,9 @@ def _make_socket(netns_path: str, family: int) -> socket.socket:
 async def dial_localhost(netns_path: str, port: int, timeout: float = _CONNECT_TIMEOUT_S) -> socket.socket:
     """A connected socket to localhost:`port` in the pod's network namespace ("" = the host's).
 
-    IPv4 loopback first, then IPv6, as "localhost" resolves; the last error is raised."""
+    IPv4 loopback first, then IPv6, as "localhost" resolves; the IPv4 error is raised."""
     loop = asyncio.get_running_loop()
-    last: OSError | None = None
+    first: OSError | None = None
     for family, address in ((socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET6, ("::1", port))):
         if netns_path:
             sock = await socket_in_netns(netns_path, family)
@@ -83,12 +83,13 @@ async def dial_localhost(netns_path: str, port: int, timeout: float = _CONNECT_T
             return sock
         except TimeoutError:
             sock.close()
-            last = OSError(f"connecting to localhost:{port} timed out after {timeout:g}s")
+            first = first or OSError(f"timed out after {timeout:g}s")
         except OSError as exc:
             sock.close()
-            last = exc
+            # asyncio words it "Connect call failed (...)": keep the kernel's reason instead.
+            first = first or (OSError(exc.errno, os.strerror(exc.errno)) if exc.errno else exc)
         except BaseException:
             sock.close()
             raise
-    assert last is not None
-    raise last
+    assert first is not None
+    raise first

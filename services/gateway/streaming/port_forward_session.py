@@ -102,7 +102,8 @@ async def _forward(netns_path: str, port: int, error: Stream, data: Stream) -> N
     try:
         sock = await dial_localhost(netns_path, port)
     except OSError as exc:
-        message = f"failed to connect to localhost:{port} inside the pod's network namespace: {exc}"
+        reason = exc.strerror or str(exc)
+        message = f"failed to connect to localhost:{port} inside the pod's network namespace: {reason}"
         log.info("port-forward: %s", message)
         with contextlib.suppress(StreamClosed):
             await error.write(message.encode())

@@ -354,6 +354,9 @@ class FrameReader:
         if length > self._max_frame:
             # Refusing before buffering it all: a peer cannot make us hold 16 MiB per frame.
             raise SessionError(f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+        if first & 0x80000000 and (first >> 16) & 0x7FFF != VERSION:
+            # Known from the first word: no need to wait for a payload that may never come.
+            raise SessionError(f"SPDY version {(first >> 16) & 0x7FFF} is not supported (only {VERSION})")
         if len(self._buffer) < 8 + length:
             return None
         payload = bytes(self._buffer[8:8 + length])
@@ -363,10 +366,7 @@ class FrameReader:
             if stream_id == 0:
                 raise SessionError("DATA frame on stream 0")
             return DataFrame(stream_id, payload, bool(flags & FLAG_FIN))
-        version, frame_type = (first >> 16) & 0x7FFF, first & 0xFFFF
-        if version != VERSION:
-            raise SessionError(f"SPDY version {version} is not supported (only {VERSION})")
-        return self._control(frame_type, flags, payload)
+        return self._control(first & 0xFFFF, flags, payload)
 
     def _control(self, frame_type: int, flags: int, payload: bytes) -> Frame:
         fin = bool(flags & FLAG_FIN)
