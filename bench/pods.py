@@ -32,7 +32,7 @@ from shared.cri import api_pb2, api_pb2_grpc
 from shared.cri.client import CriClient
 from tests.pods.conftest import remove_cgroups
 from tests.support.images import build_busybox_image
-from tests.support.pods import container_config, sandbox_config
+from tests.support.pods import container_config, processes_mentioning, sandbox_config
 from tests.support.push import push
 from tests.support.registry import Registry
 from tests.support.runtime import CriplexRun
@@ -148,21 +148,6 @@ def cpu_busy_s() -> float:
     """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (sum(fields) - fields[3] - fields[4]) * CPU_TICK_S
-
-
-def processes_mentioning(base: Path, program: bytes) -> list[int]:
-    """PIDs of `program` (by argv[0]'s name) whose command line names `base`: a runtime's helpers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].rsplit(b"/", 1)[-1] == program and any(str(base).encode() in a for a in argv):
-            found.append(int(entry.name))
-    return found
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -403,12 +388,12 @@ def cleaned(target: Target, stop: Callable[[], None]) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def criplex(registry: Registry, work: Path, pause: str, tracing_port: int = 0, runc: str = "/usr/sbin/runc"
-            ) -> Iterator[Target]:
+def criplex(registry: Registry, work: Path, pause: str, tracing_port: int = 0, runc: str = "/usr/sbin/runc",
+            conflist: str = "") -> Iterator[Target]:
     etc = Path(tempfile.mkdtemp(dir=work))
     parent = f"/bench-criplex-{uuid.uuid4().hex[:8]}"
     tracing = f'[tracing]\nendpoint = "http://127.0.0.1:{tracing_port}"\n' if tracing_port else ""
-    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, runc) + tracing)
+    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, runc) + tracing, cni_conflist=conflist)
     target = Target("criplex", str(run.socket), run.base, b"conmon",
                     lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
     with cleaned(target, run.stop):
@@ -417,8 +402,10 @@ def criplex(registry: Registry, work: Path, pause: str, tracing_port: int = 0, r
 
 
 @contextlib.contextmanager
-def containerd(registry: Registry, pause: str) -> Iterator[Target]:
-    runtime = Containerd(registry_host=registry.host, sandbox_image=pause, loopback_cni=True)
+def containerd(registry: Registry, pause: str, conflist: str = "") -> Iterator[Target]:
+    """With no `conflist`, a loopback-only network (see Containerd)."""
+    runtime = Containerd(registry_host=registry.host, sandbox_image=pause, loopback_cni=not conflist,
+                         conflist=conflist)
     target = Target("containerd", str(runtime.socket), runtime.base, b"containerd-shim-runc-v2", runtime.pids,
                     f"/bench-containerd-{uuid.uuid4().hex[:8]}")
     with cleaned(target, runtime.stop):

@@ -8,25 +8,20 @@ stop + remove, sequentially, with the network set up and torn down by each runti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shutil
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
-from bench.containerd import Containerd
-from bench.pods import TIMES, Pods, PodStart, PodStop, Target, cleaned, criplex_toml, ms, p50, pct, pull
+from bench.pods import TIMES, Pods, PodStart, PodStop, Target, containerd, criplex, ms, p50, pct, pull
 from shared.cri import api_pb2_grpc
 from tests.support.images import build_busybox_image
 from tests.support.push import push
 from tests.support.registry import Registry
-from tests.support.runtime import CriplexRun
 
 WARM_UP = 5
 PODS = 30
@@ -42,28 +37,6 @@ def bridge_conflist(name: str, bridge: str, subnet: str, ipam_dir: Path) -> str:
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ],
     })
-
-
-@contextlib.contextmanager
-def _networked_criplex(registry: Registry, work: Path, pause: str, conflist: str) -> Iterator[Target]:
-    etc = Path(tempfile.mkdtemp(dir=work))
-    parent = f"/bench-criplex-{uuid.uuid4().hex[:8]}"
-    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc"), cni_conflist=conflist)
-    target = Target("criplex", str(run.socket), run.base, b"conmon",
-                    lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
-    with cleaned(target, run.stop):
-        run.start()
-        yield target
-
-
-@contextlib.contextmanager
-def _networked_containerd(registry: Registry, pause: str, conflist: str) -> Iterator[Target]:
-    runtime = Containerd(registry_host=registry.host, sandbox_image=pause, conflist=conflist)
-    target = Target("containerd", str(runtime.socket), runtime.base, b"containerd-shim-runc-v2", runtime.pids,
-                    f"/bench-containerd-{uuid.uuid4().hex[:8]}")
-    with cleaned(target, runtime.stop):
-        runtime.start()
-        yield target
 
 
 async def _measure(target: Target, image: str, logs: Path) -> tuple[list[PodStart], list[PodStop]]:
@@ -92,8 +65,8 @@ def run() -> None:
         for runtime, bridge, subnet in (("criplex", bridges[0], f"10.198.{octet}.0/24"),
                                         ("containerd", bridges[1], f"10.197.{octet}.0/24")):
             conflist = bridge_conflist(f"bench-{runtime}", bridge, subnet, work / f"ipam-{runtime}")
-            make = (_networked_criplex(registry, work, pause, conflist) if runtime == "criplex"
-                    else _networked_containerd(registry, pause, conflist))
+            make = (criplex(registry, work, pause, conflist=conflist) if runtime == "criplex"
+                    else containerd(registry, pause, conflist))
             with make as target:
                 pull(target.socket, image, pause)
                 logs = Path(tempfile.mkdtemp(dir=work))

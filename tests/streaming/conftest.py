@@ -14,30 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.pods.conftest import start_pods
-from tests.support.fixtures import PushedImage
+from tests.pods.conftest import pod, pods  # noqa: F401 - the same fixtures, one criplex per module
 from tests.support.pods import Pods
-from tests.support.registry import Registry
 
 CRICTL = Path(os.environ.get("CRIPLEX_CRICTL", "/tmp/bin/crictl"))
 
 
-@pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pods]:
-    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("streaming"))
-
-
 @pytest.fixture
-def pod(pods: Pods) -> Iterator[Pods]:
-    try:
-        yield pods
-    finally:
-        pods.cleanup()
-
-
-@pytest.fixture
-def crictl(pods: Pods) -> Iterator[list[str]]:
+def crictl(pods: Pods) -> Iterator[list[str]]:  # noqa: F811 - the imported fixture, requested
     if not CRICTL.is_file():
         pytest.skip(f"crictl v1.26.1 is not installed at {CRICTL} (set CRIPLEX_CRICTL); the Python client "
                     "tests cover the same sessions")

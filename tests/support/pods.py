@@ -136,8 +136,8 @@ class Pods:
         self.sandboxes.clear()
 
 
-def container_processes(run: CriplexRun) -> list[int]:
-    """PIDs of conmon processes working for this criplex (their argv names its run dir)."""
+def processes_mentioning(base: Path, program: bytes) -> list[int]:
+    """PIDs of `program` (by argv[0]'s name) whose command line names `base`: a runtime's helpers."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -146,9 +146,14 @@ def container_processes(run: CriplexRun) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"conmon") and any(str(run.base).encode() in a for a in argv):
+        if argv and argv[0].rsplit(b"/", 1)[-1] == program and any(str(base).encode() in a for a in argv):
             found.append(int(entry.name))
     return found
+
+
+def container_processes(run: CriplexRun) -> list[int]:
+    """PIDs of conmon processes working for this criplex (their argv names its run dir)."""
+    return processes_mentioning(run.base, b"conmon")
 
 
 def kill_leftovers(run: CriplexRun) -> None:

@@ -114,6 +114,12 @@ async def _forward(netns_path: str, port: int, error: Stream, data: Stream) -> N
         to_pod = asyncio.create_task(_client_to_pod(data, sock))
         try:
             await _pod_to_client(sock, data)
+        except OSError as exc:
+            # As the kubelet does: a forwarding that breaks is reported on the error stream.
+            message = f"error forwarding port {port}: {exc.strerror or exc}"
+            log.info("port-forward: %s", message)
+            with contextlib.suppress(StreamClosed):
+                await error.write(message.encode())
         finally:
             to_pod.cancel()
             await asyncio.gather(to_pod, return_exceptions=True)
@@ -132,7 +138,8 @@ async def _client_to_pod(data: Stream, sock: socket.socket) -> None:
 
 
 async def _pod_to_client(sock: socket.socket, data: Stream) -> None:
+    """Copy until the pod side closes; a reset by the pod raises OSError, a client gone ends it."""
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(OSError, StreamClosed):
+    with contextlib.suppress(StreamClosed):
         while chunk := await loop.sock_recv(sock, _READ_SIZE):
             await data.write(chunk)
