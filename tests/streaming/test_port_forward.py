@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import time
 
+from services.gateway.streaming.netns_dial import socket_in_netns
 from shared.cri import api_pb2
 from tests.support.pods import Pods, sandbox_config
 from tests.support.runtime import wait_for
@@ -135,3 +137,37 @@ def test_port_forward_to_a_host_network_pod_dials_the_host_loopback(pod):
 
         received, error = asyncio.run(go())
     assert (received, error) == (b"pong", b"")
+
+
+def test_fifty_concurrent_connections(pod):
+    """All 50 at once, against a server with a real backlog: one the test runs itself, listening
+    inside the pod's network namespace (busybox httpd's backlog of 9 would be the limit)."""
+    sid = pod.run_pod()
+    info = json.loads(pod.client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True), timeout=10).info["info"])
+    port = 8090
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nhello-pf")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> list[tuple[bytes, bytes]]:
+        listener = await socket_in_netns(info["netns_path"], socket.AF_INET)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        server = await asyncio.start_server(answer, sock=listener)
+        client = await SpdyClient.connect(
+            pod.client.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=sid, port=[port]),
+                                           timeout=10).url, PORT_FORWARD_PROTOCOLS)
+        try:
+            return await asyncio.gather(*(forward_once(client, i, port, GET) for i in range(50)))
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    results = asyncio.run(go())
+    failed = [(i, data[:120], error) for i, (data, error) in enumerate(results) if error or b"hello-pf" not in data]
+    assert not failed, failed
