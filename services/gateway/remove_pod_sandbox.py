@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 async def remove_pod_sandbox(gw: Gateway, req: api_pb2.RemovePodSandboxRequest, call: Call
                              ) -> api_pb2.RemovePodSandboxResponse:
     id_ = sandbox_id(req.pod_sandbox_id, "RemovePodSandbox")
+    known = gw.view.sandboxes.get(id_)
     with gw.inflight.hold(id_):
         removed = await gw.monitord.call(REMOVE_SANDBOX, SandboxRef(id_), call.timeout)
-        # The infra container's rootfs (pods sharing a PID namespace) is keyed by the sandbox ID.
-        owned = [*removed.container_ids, id_]
+        # The infra container's rootfs (pods sharing a PID namespace) is keyed by the sandbox ID;
+        # a pod the view does not know may have one too (the reconciler would find it otherwise).
+        infra = [id_] if known is None or known.infra_container_id else []
+        owned = [*removed.container_ids, *infra]
         results = await asyncio.gather(
             gw.netd.call(REMOVE_NETWORK, RemoveNetworkRequest(id_), call.timeout),
             *(gw.storaged.call(REMOVE_ROOTFS, RemoveRootfsRequest(c), call.timeout) for c in owned),
