@@ -196,6 +196,7 @@ class ViewSync:
         self._view = view
         self._relist = asyncio.Event()
         self._relist.set()
+        monitord.on_connect(self._relist.set)
 
     def request_relist(self, reason: str) -> None:
         log.debug("view relist requested: %s", reason)
@@ -231,24 +232,13 @@ class ViewSync:
             try:
                 snapshot = await self._monitord.call(LIST_STATE, ListStateRequest(), _RELIST_TIMEOUT_S)
             except CriplexError as exc:
-                log.info("view relist failed (%s); retrying when monitord is back", exc.message)
-                await asyncio.sleep(0.2)
-                if not self._monitord.connected:
-                    await self._wait_connected()
-                self._relist.set()
+                log.info("view relist failed (%s); retrying", exc.message)
+                # Connected: try again shortly. Not connected: the reconnection asks (on_connect).
+                if self._monitord.connected:
+                    await asyncio.sleep(0.2)
+                    self._relist.set()
                 continue
             self._view.replace(snapshot)
-
-    async def _wait_connected(self) -> None:
-        connected = asyncio.Event()
-        self._monitord.on_connect(connected.set)
-        while not self._monitord.connected:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connected.wait(), 1.0)
-
-
-def parse_snapshot(plain: object) -> ListStateResponse:
-    return parse(ListStateResponse, plain, LIST_STATE.name)
 
 
 def to_json(message: object) -> str:
