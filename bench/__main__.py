@@ -1,7 +1,7 @@
 """Run the benchmarks side by side with containerd and print markdown for bench/RESULTS.md.
 
     python -m bench            # everything
-    python -m bench transport  # only the named parts: transport, cri, rss, images, pods
+    python -m bench transport  # only the named parts: transport, cri, rss, images, pods, streaming, storm
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main(parts: list[str]) -> None:
-    parts = parts or ["transport", "cri", "rss", "images", "pods", "pods-net"]
+    parts = parts or ["transport", "cri", "rss", "images", "pods", "pods-net", "streaming", "storm"]
     print(f"# criplex bench, {time.strftime('%Y-%m-%d')}\n\nMachine: {_machine()}\n")
     if "transport" in parts:
         print("## nng hop (client process → daemon process, trivial method)\n")
@@ -79,6 +79,18 @@ def main(parts: list[str]) -> None:
         from bench import pods
 
         pods.run()
+    if "observability" in parts:
+        from bench import observability
+
+        observability.run()
+    if "storm" in parts:
+        from bench import storm
+
+        storm.run()
+    if "streaming" in parts:
+        from bench import streaming
+
+        streaming.run()
 
 
 if __name__ == "__main__":

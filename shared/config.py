@@ -34,16 +34,35 @@ def _check(ok: bool, key: str, expected: str, value: object) -> None:
         raise ValueError(f"{key}: expected {expected}, got {value!r}")
 
 
+# Daemon cgroups (shared/daemon_cgroups.py). Lifecycle daemons (gateway, netd, monitord) outweigh
+# the bulk workers (imaged, storaged) tenfold, so a pull storm cannot starve a pod start.
+LIFECYCLE_WEIGHT, BULK_WEIGHT = 1000, 100
+
+
+def _check_daemon_resources(section: str, cpu_weight: int, memory_max: str) -> None:
+    _check(1 <= cpu_weight <= 10000, f"{section}.cpu_weight", "a cgroup v2 weight from 1 to 10000", cpu_weight)
+    try:
+        ok = memory_max == "" or parse_size(memory_max) >= 16 << 20
+    except ValueError:
+        ok = False
+    _check(ok, f"{section}.memory_max", "\"\" (no limit) or a size of at least 16m like \"512m\"", memory_max)
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     run_dir: str = "/run/criplex"
     state_dir: str = "/var/lib/criplex"
     log_dir: str = "/var/log/criplex"
+    # Where each daemon's cgroup goes (<parent>/criplex-<daemon>); "" = leave the daemons where they start.
+    daemon_cgroup_parent: str = "/criplex.daemons"
 
     def __post_init__(self) -> None:
         for key in ("run_dir", "state_dir", "log_dir"):
             value = getattr(self, key)
             _check(value.startswith("/"), f"paths.{key}", "an absolute path", value)
+        _check(self.daemon_cgroup_parent == "" or self.daemon_cgroup_parent.startswith("/"),
+               "paths.daemon_cgroup_parent", "an absolute cgroup path like \"/criplex.daemons\", or \"\"",
+               self.daemon_cgroup_parent)
         # AF_UNIX paths are limited to 107 bytes; leave room for "ipc/monitord.events.sock".
         _check(len(self.run_dir) <= 70, "paths.run_dir", "a path of at most 70 bytes", self.run_dir)
 
@@ -55,8 +74,19 @@ class GatewayConfig:
     default_timeout: float = 120.0
     # How often the reconciler looks for leftovers of interrupted creates and removes.
     reconcile_interval: float = 30.0
+    # Slow calls the gateway lets through at once (services/gateway/bounds.py); more wait for a slot
+    # within their deadline, so a flood of them cannot take every worker of imaged or monitord.
+    max_concurrent_pulls: int = 4
+    max_concurrent_exec_sync: int = 16
+    cpu_weight: int = LIFECYCLE_WEIGHT
+    memory_max: str = "512m"
 
     def __post_init__(self) -> None:
+        _check_daemon_resources("gateway", self.cpu_weight, self.memory_max)
+        _check(self.max_concurrent_pulls >= 1, "gateway.max_concurrent_pulls", "at least 1",
+               self.max_concurrent_pulls)
+        _check(self.max_concurrent_exec_sync >= 1, "gateway.max_concurrent_exec_sync", "at least 1",
+               self.max_concurrent_exec_sync)
         _check(self.socket == "" or self.socket.startswith("/"), "gateway.socket", "an absolute path",
                self.socket)
         _check(len(self.socket_mode) in (3, 4) and all(c in "01234567" for c in self.socket_mode),
@@ -86,12 +116,28 @@ class TransportConfig:
 class TracingConfig:
     endpoint: str = ""  # OTLP/gRPC collector, e.g. "http://127.0.0.1:4317"; empty = off
     sample_rate: float = 1.0
+    # Finished spans each process keeps in memory for `criplex trace`; 0 = none (and, without an
+    # endpoint, no spans recorded at all).
+    ring_size: int = 2048
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.sample_rate <= 1.0, "tracing.sample_rate", "a number from 0 to 1",
                self.sample_rate)
         _check(self.endpoint == "" or "://" in self.endpoint, "tracing.endpoint",
                "a URL like http://127.0.0.1:4317", self.endpoint)
+        _check(self.ring_size >= 0, "tracing.ring_size", "a number of spans >= 0", self.ring_size)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The gateway's Prometheus endpoint (CRI-O's `[crio.metrics]`)."""
+
+    enable: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9090
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "metrics.port", "a port from 0 to 65535", self.port)
 
 
 @dataclass(frozen=True)
@@ -114,18 +160,32 @@ class ImagedConfig:
     pull_timeout: float = 600.0
     retries: int = 3
     pause_image: str = "registry.k8s.io/pause:3.9"
+    cpu_weight: int = BULK_WEIGHT
+    memory_max: str = "1g"
+    # Where docker-credential-<name> helpers (auth_file's credHelpers/credsStore) are looked up;
+    # empty: imaged's PATH.
+    credential_helper_dirs: tuple[str, ...] = ()
+    credential_helper_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        _check_daemon_resources("imaged", self.cpu_weight, self.memory_max)
         _check(1 <= self.max_concurrent_downloads <= 64, "imaged.max_concurrent_downloads",
                "an integer from 1 to 64", self.max_concurrent_downloads)
         _check(self.platform.count("/") in (1, 2), "imaged.platform", "os/arch[/variant]", self.platform)
         _check(self.pull_timeout > 0, "imaged.pull_timeout", "seconds > 0", self.pull_timeout)
         _check(0 <= self.retries <= 10, "imaged.retries", "an integer from 0 to 10", self.retries)
+        _check(self.credential_helper_timeout > 0, "imaged.credential_helper_timeout", "seconds > 0",
+               self.credential_helper_timeout)
 
 
 @dataclass(frozen=True)
 class StoragedConfig:
     root: str = ""  # empty: <state_dir>/storaged
+    cpu_weight: int = BULK_WEIGHT
+    memory_max: str = "1g"
+
+    def __post_init__(self) -> None:
+        _check_daemon_resources("storaged", self.cpu_weight, self.memory_max)
 
 
 @dataclass(frozen=True)
@@ -135,8 +195,11 @@ class NetdConfig:
     cni_network: str = ""  # the network (by its name) pods get; empty: the first config file in lexical order
     plugin_timeout: float = 30.0  # seconds for one CNI plugin call
     default_subnet: str = "10.85.0.0/16"  # the subnet of the conflist `criplex up` installs when there is none
+    cpu_weight: int = LIFECYCLE_WEIGHT
+    memory_max: str = "512m"
 
     def __post_init__(self) -> None:
+        _check_daemon_resources("netd", self.cpu_weight, self.memory_max)
         _check(self.plugin_timeout > 0, "netd.plugin_timeout", "seconds > 0", self.plugin_timeout)
         try:
             ipaddress.ip_network(self.default_subnet)
@@ -172,8 +235,11 @@ class MonitordConfig:
     hooks_dirs: tuple[str, ...] = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
     log_size_max: int = -1  # bytes after which conmon truncates a container log; -1 = unlimited
     create_timeout: float = 60.0  # seconds conmon may take to report a created container
+    cpu_weight: int = LIFECYCLE_WEIGHT
+    memory_max: str = "512m"  # monitord alone: conmon is moved out into <daemon_cgroup_parent>/criplex-conmon
 
     def __post_init__(self) -> None:
+        _check_daemon_resources("monitord", self.cpu_weight, self.memory_max)
         _check(self.default_runtime in self.runtimes, "monitord.default_runtime",
                f"a handler of monitord.runtimes ({', '.join(self.runtimes)})", self.default_runtime)
         _check(self.cgroup_manager in ("cgroupfs", "systemd"), "monitord.cgroup_manager",
@@ -216,8 +282,11 @@ class StreamdConfig:
     idle_timeout: float = 900.0  # seconds without traffic (PINGs aside) after which a session ends
     token_ttl: float = 60.0  # seconds a returned URL stays usable
     max_tokens: int = 1000  # URLs handed out and not used yet; past it: RESOURCE_EXHAUSTED
+    cpu_weight: int = LIFECYCLE_WEIGHT
+    memory_max: str = "512m"
 
     def __post_init__(self) -> None:
+        _check_daemon_resources("streamd", self.cpu_weight, self.memory_max)
         try:
             ipaddress.ip_address(self.address)
         except ValueError:
@@ -236,6 +305,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     imaged: ImagedConfig = field(default_factory=ImagedConfig)
     storaged: StoragedConfig = field(default_factory=StoragedConfig)

@@ -21,7 +21,20 @@ from typing import Protocol, TypeVar
 
 from shared.config import Config, load_config
 from shared.errors import ConfigError
-from shared.schema.common import HEALTH, STARTED_TOPIC, Health, HealthRequest, Started
+from shared.reload import reload_config
+from shared.schema.common import (
+    HEALTH,
+    METRICS,
+    SPANS,
+    STARTED_TOPIC,
+    Health,
+    HealthRequest,
+    MetricsReport,
+    MetricsRequest,
+    SpansRequest,
+    SpansResponse,
+    Started,
+)
 from shared.tracing import Tracing
 from shared.transport import DaemonServer, EventPublisher
 
@@ -56,6 +69,13 @@ class Service(Protocol):
         """Background work; returns when the service has none, is cancelled at shutdown."""
 
     def readiness(self) -> Readiness: ...
+
+    # Optional: `def metrics(self) -> MetricsReport`, the service's own figures for the gateway's
+    # /metrics (see `serve_observability`); a service without it reports none.
+
+    def on_reload(self, config: Config) -> None:
+        """SIGHUP: take the live keys of a re-read configuration (shared/reload.py). Optional:
+        the shell calls it only on services that define it; the log level is the shell's."""
 
 
 def when_ready(ready: asyncio.Event, handler: Callable[[Req], Awaitable[Resp]]) -> Callable[[Req], Awaitable[Resp]]:
@@ -94,14 +114,15 @@ def main(service: str, factory: Callable[[DaemonContext], Service], argv: list[s
         return 2
     setup_logging(service, config.log.level)
     try:
-        asyncio.run(_run(service, config, factory))
+        asyncio.run(_run(service, config, factory, lambda: parse_config(argv, f"criplex-{service}")))
     except ConfigError as exc:
         print(f"criplex-{service}: configuration error: {exc.message}", file=sys.stderr)
         return 2
     return 0
 
 
-async def _run(service: str, config: Config, factory: Callable[[DaemonContext], Service]) -> None:
+async def _run(service: str, config: Config, factory: Callable[[DaemonContext], Service],
+               reread: Callable[[], Config] | None = None) -> None:
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -121,6 +142,9 @@ async def _run(service: str, config: Config, factory: Callable[[DaemonContext], 
         return Health(service, os.getpid(), ctx.started_at, r.ready, r.reason, r.message, r.info or {})
 
     server.register(HEALTH, health)
+    serve_observability(server, ctx.tracing, getattr(svc, "metrics", None))
+    if reread is not None:
+        install_reload(service, config, reread, getattr(svc, "on_reload", None))
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(server.serve())
@@ -133,9 +157,47 @@ async def _run(service: str, config: Config, factory: Callable[[DaemonContext], 
         tracing.shutdown()
 
 
+def serve_observability(server: DaemonServer, tracing: Tracing,
+                        metrics: Callable[[], MetricsReport] | None = None) -> None:
+    """Register METRICS (the service's figures, asked at scrape time) and SPANS (the span ring)."""
+
+    async def report(_: MetricsRequest) -> MetricsReport:
+        return metrics() if metrics is not None else MetricsReport()
+
+    async def spans(request: SpansRequest) -> SpansResponse:
+        return tracing.spans(request)
+
+    server.register(METRICS, report)
+    server.register(SPANS, spans)
+
+
 async def _announce(ctx: DaemonContext) -> None:
     # Subscribers dial asynchronously; repeat the announcement briefly so one that
     # reconnects a moment after we start still hears it.
     for delay in (0.0, 0.2, 1.0):
         await asyncio.sleep(delay)
         ctx.events.publish(STARTED_TOPIC, Started(ctx.service, os.getpid(), ctx.started_at))
+
+
+# --- reload (SIGHUP) ---------------------------------------------------------------------
+
+
+def install_reload(service: str, config: Config, reread: Callable[[], Config],
+                   apply: Callable[[Config], None] | None) -> None:
+    """On SIGHUP, re-read the configuration and hand its live keys to `apply` (on the loop).
+
+    Without a handler SIGHUP would terminate the process, so every daemon installs one."""
+    current = [config]
+
+    def on_hup() -> None:
+        applied = reload_config(service, current[0], reread)
+        if applied is None:
+            return
+        current[0] = applied
+        if apply is not None:
+            try:
+                apply(applied)
+            except Exception:
+                log.exception("%s: applying the reloaded configuration failed", service)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)

@@ -55,8 +55,9 @@ from shared.errors import (
     Unimplemented,
 )
 from shared.events import EventPublisher, EventSubscriber
+from shared.histogram import Histogram
 from shared.nngio import QUEUE_DEPTH, LoopSocket, PipeWatch, listen, prepare_ipc_dir
-from shared.schema.common import HEALTH
+from shared.schema.common import HEALTH, METRICS, SPANS
 from shared.tracing import Tracing, record_error
 from shared.wire import (
     Method,
@@ -88,8 +89,9 @@ class CancelRequest:
 
 CANCEL = Method("$cancel", CancelRequest, CancelRequest)
 
-# Methods that travel the control lane when the daemon has one.
-_CONTROL_METHODS = frozenset({HEALTH.name})
+# Methods that travel the control lane when the daemon has one: a scrape or a trace query must
+# be answered by a daemon whose workers are all busy, that is when it matters most.
+_CONTROL_METHODS = frozenset({HEALTH.name, METRICS.name, SPANS.name})
 # Control-lane requests running at once; past that they are refused, never queued: the lane
 # must stay readable.
 _CONTROL_WORKERS = 64
@@ -162,6 +164,9 @@ class DaemonClient:
         self._token = os.urandom(8)
         # REQ request ids have the high bit set (nng's wire format for REQ/REP).
         self._ids = (0x80000000 | (n & 0x7FFFFFFF) for n in itertools.count(int.from_bytes(os.urandom(3))))
+        # Metrics on: the hop latency of each method, and calls in flight (for /metrics).
+        self.hops: dict[str, Histogram] | None = {} if config.metrics.enable else None
+        self.inflight = 0
 
     @property
     def connected(self) -> bool:
@@ -181,6 +186,21 @@ class DaemonClient:
         If the calling task is cancelled or the timeout expires, the daemon's handler is cancelled too.
         """
         timeout = self._default_timeout if timeout is None else timeout
+        hops = self.hops
+        if hops is None:
+            return await self._call(method, args, timeout)
+        started = time.perf_counter()
+        self.inflight += 1
+        try:
+            return await self._call(method, args, timeout)
+        finally:
+            self.inflight -= 1
+            hop = hops.get(method.name)
+            if hop is None:
+                hop = hops[method.name] = Histogram()
+            hop.observe(time.perf_counter() - started)
+
+    async def _call(self, method: Method[Req, Resp], args: Req, timeout: float) -> Resp:
         with self._tracing.client_span(f"{self.service}/{method.name}"):
             if not self.connected:
                 try:

@@ -6,17 +6,25 @@ import asyncio
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from services.gateway.bounds import CallBounds
 from services.gateway.health import HealthMonitor
 from services.gateway.inflight import Inflight
 from services.gateway.list_images import ImageListCache
+from services.gateway.metrics import CriMetrics
+from services.gateway.observability import run_observability
 from services.gateway.reconciler import Reconciler
 from services.gateway.servicer import generic_handlers
+from services.gateway.status_api import route
+from services.gateway.status_server import serve_status
 from services.gateway.view import StateView, ViewSync
 from shared.config import DAEMONS, Config
+from shared.daemon import install_reload
 from shared.tracing import Tracing
 from shared.transport import DaemonClient
 
@@ -41,6 +49,12 @@ class Gateway:
         self.view_sync = ViewSync(config, self.monitord, self.view)
         self.inflight = Inflight()
         self.reconciler = Reconciler(self)
+        self.cri_metrics = CriMetrics() if config.metrics.enable else None
+        self.bounds = CallBounds(config.gateway)
+
+    def on_reload(self, config: Config) -> None:
+        """SIGHUP: handlers and the pause image are read from `self.config` on each call."""
+        self.config = config
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -54,7 +68,7 @@ def _prepare_socket(path: Path) -> None:
         path.unlink()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reread: Callable[[], Config] | None = None) -> None:
     loop = asyncio.get_running_loop()
     # A signal asks for a stop; cancelling the main task instead would cut grpc's own shutdown short.
     stopping = asyncio.Event()
@@ -77,7 +91,10 @@ async def serve(config: Config) -> None:
     log.info("serving CRI v1 on unix://%s", socket_path)
     background = [asyncio.create_task(work, name=name) for name, work in (
         ("health", gateway.health.run()), ("view", gateway.view_sync.run()),
-        ("reconciler", gateway.reconciler.run()))]
+        ("reconciler", gateway.reconciler.run()), ("status-api", serve_status_api(gateway)),
+        ("observability", run_observability(gateway)))]
+    if reread is not None:
+        install_reload("gateway", config, reread, gateway.on_reload)
     for task in background:
         task.add_done_callback(lambda t: _background_ended(t, stopping))
     try:
@@ -98,3 +115,10 @@ def _background_ended(task: asyncio.Task[None], stopping: asyncio.Event) -> None
         return
     log.error("gateway background task %s ended: %r; stopping", task.get_name(), task.exception())
     stopping.set()
+
+
+async def serve_status_api(gateway: Gateway) -> None:
+    """The status API (`criplex status info|config|containers`, pause/unpause) beside the CRI socket."""
+    started_at = time.time()
+    await serve_status(Path(gateway.config.paths.run_dir) / "status.sock",
+                       lambda method, path: route(gateway, method, path, started_at))

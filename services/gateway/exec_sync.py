@@ -23,5 +23,6 @@ async def exec_sync(gw: Gateway, req: api_pb2.ExecSyncRequest, call: Call) -> ap
     timeout = max(int(req.timeout), 0)
     # monitord enforces the command's own timeout and answers DEADLINE_EXCEEDED for it.
     hop = call.timeout if call.has_deadline or not timeout else timeout + _MARGIN_S
-    result = await gw.monitord.call(EXEC_SYNC, ExecSyncRequest(id_, tuple(req.cmd), timeout), hop)
+    async with gw.bounds.exec_sync.slot(hop) as left:
+        result = await gw.monitord.call(EXEC_SYNC, ExecSyncRequest(id_, tuple(req.cmd), timeout), left)
     return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)

@@ -1,4 +1,4 @@
-"""The one wrapper every CRI method goes through: span, log line, error → gRPC status.
+"""The one wrapper every CRI method goes through: span, log line, metrics, error → gRPC status.
 
 Handlers raise `shared.errors` types and never touch gRPC status codes themselves;
 this module is the only place that maps one to the other.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from shared.errors import Code, CriplexError, InvalidArgument
-from shared.tracing import record_error
+from shared.tracing import record_error, set_attribute
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -132,8 +132,24 @@ class _Outcome:
         await context.abort(grpc.StatusCode.INTERNAL, f"{self._method}: {type(exc).__name__}: {exc}")
 
 
+def _tag_span(message: Any) -> None:
+    """Name the pod and container a call is about on its span, so `criplex trace pod` finds it."""
+    sandbox_id = getattr(message, "pod_sandbox_id", None)
+    if sandbox_id:
+        set_attribute("criplex.pod_sandbox_id", sandbox_id)
+    container_id = getattr(message, "container_id", None)
+    if container_id:
+        set_attribute("criplex.container_id", container_id)
+
+
+def _error_label(exc: BaseException) -> str:
+    return exc.code.name if isinstance(exc, CriplexError) else "INTERNAL"
+
+
 def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
     tracing = gateway.tracing
+    tag = tracing.enabled
+    metrics = gateway.cri_metrics  # None when [metrics] enable is false
     default_timeout = gateway.config.gateway.default_timeout
     span_name = f"runtime.v1/{method}"
     outcome = _Outcome(method, _Throttle(_UNDECODABLE_LOG_INTERVAL_S))
@@ -144,9 +160,17 @@ def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
         with tracing.server_span(span_name, _traceparent(gateway, context)):
             try:
                 outcome.check(request)
+                if tag:
+                    _tag_span(request)
                 response = await handler(gateway, request, call)
+                if tag:
+                    _tag_span(response)
             except Exception as exc:
+                if metrics is not None:
+                    metrics.observe(method, time.perf_counter() - started, _error_label(exc))
                 await outcome.fail(exc, context)
+        if metrics is not None:
+            metrics.observe(method, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s ok in %.2f ms", method, (time.perf_counter() - started) * 1000)
         return response

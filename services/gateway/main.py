@@ -17,5 +17,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"criplex-gateway: configuration error: {exc.message}", file=sys.stderr)
         return 2
     setup_logging("gateway", config.log.level)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, lambda: parse_config(argv, "criplex-gateway")))
     return 0

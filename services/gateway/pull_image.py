@@ -19,7 +19,8 @@ _PULL_TIMEOUT_MARGIN_S = 5.0
 async def pull_image(gw: Gateway, req: api_pb2.PullImageRequest, call: Call) -> api_pb2.PullImageResponse:
     name = image_name(req.image, "PullImage")
     auth = registry_auth(req.auth) if req.HasField("auth") else None
-    result = await gw.imaged.call(PULL_IMAGE, PullImageRequest(name, auth), pull_timeout(gw, call))
+    async with gw.bounds.pulls.slot(pull_timeout(gw, call)) as timeout:
+        result = await gw.imaged.call(PULL_IMAGE, PullImageRequest(name, auth), timeout)
     return api_pb2.PullImageResponse(image_ref=result.image_id)
 
 

@@ -79,8 +79,29 @@ def _auth_key(key: str) -> tuple[str, bool]:
     return host + (slash + path if slash else ""), legacy
 
 
+@dataclass(frozen=True)
+class AuthFile:
+    """containers-auth.json: inline credentials, and the credential helpers that hold the rest."""
+
+    entries: dict[str, Credentials] = field(default_factory=dict)  # "host[/path]" -> credentials
+    helpers: dict[str, str] = field(default_factory=dict)  # credHelpers: host -> helper name
+    store: str = ""  # credsStore: the helper for every registry without a better answer
+
+
 def parse_auth_file(text: str, source: str) -> dict[str, Credentials]:
     """containers-auth.json: {"auths": {"host[/path]": {"auth": base64}}} -> key -> Credentials."""
+    return parse_auth_config(text, source).entries
+
+
+def _helper_name(value: object, source: str, where: str) -> str:
+    # The name becomes part of an executable's name: no path, no surprises.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ConfigError(f"{source}: {where}: {value!r} is not a credential helper name")
+    return value
+
+
+def parse_auth_config(text: str, source: str) -> AuthFile:
+    """All of containers-auth.json: "auths", "credHelpers" and "credsStore"."""
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -88,6 +109,18 @@ def parse_auth_file(text: str, source: str) -> dict[str, Credentials]:
     auths = data.get("auths", {}) if isinstance(data, dict) else None
     if not isinstance(auths, dict):
         raise ConfigError(f"{source}: expected {{\"auths\": {{...}}}}")
+    raw_helpers = data.get("credHelpers", {})
+    if not isinstance(raw_helpers, dict):
+        raise ConfigError(f"{source}: credHelpers: expected {{\"host\": \"helper\"}}")
+    helpers = {_auth_key(host)[0]: _helper_name(name, source, f"credHelpers[{host!r}]")
+               for host, name in raw_helpers.items()}
+    store = data.get("credsStore") or ""
+    if store:
+        store = _helper_name(store, source, "credsStore")
+    return AuthFile(_parse_auths(auths, source), helpers, store)
+
+
+def _parse_auths(auths: dict[str, Any], source: str) -> dict[str, Credentials]:
     out: dict[str, Credentials] = {}
     for key, entry in auths.items():
         if not isinstance(entry, dict):
@@ -218,6 +251,10 @@ class TokenCache:
             del self._tokens[key]
             return None
         return token
+
+    def drop(self, key: tuple[str, str, str, str]) -> None:
+        """Forget a token the registry refused before its time was up."""
+        self._tokens.pop(key, None)
 
     def put(self, key: tuple[str, str, str, str], token: str, lifetime_s: float,
             now: float | None = None) -> None:

@@ -5,16 +5,18 @@ bodies, per-request redirects that drop Authorization when leaving the origin,
 and pluggable transports, so the retry, resume and auth logic below is unit-
 tested with `httpx.MockTransport` and checked against a real registry.
 
-Nothing unverified is kept: manifests and configs are hashed before they are
+Nothing unverified is used: manifests and configs are hashed before they are
 parsed, and a layer is streamed to a file while hashed; the caller deletes the
-file on any error. Transient failures (connection errors, 429, 5xx) are retried
-with backoff; an interrupted layer download resumes with a Range request.
+file once it cannot be resumed. Transient failures (connection errors, 429, 5xx) are
+retried with backoff; an interrupted layer download resumes with a Range request,
+also from the bytes an earlier imaged left on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ from shared.errors import (
     Unauthenticated,
     Unavailable,
 )
+
+log = logging.getLogger(__name__)
 
 MANIFEST_LIMIT = 4 * 1024 * 1024  # containers/image's limit for manifests and configs
 CONFIG_LIMIT = 4 * 1024 * 1024
@@ -152,52 +156,75 @@ class RegistryClient:
     async def download(self, descriptor: Descriptor, dest: Path, on_bytes: Callable[[int], None]) -> None:
         """Stream a layer blob into `dest` while hashing it; raise DataLoss unless it verifies.
 
+        Bytes already in `dest` (what an interrupted imaged left, see layers.py) are hashed
+        again and the download goes on after them with a Range request. They were never
+        verified on their own, so if the whole then fails to verify, the blob is fetched once
+        more from its start before DataLoss is the answer.
+        """
+        what = f"blob {self.host}/{self.repository}@{descriptor.digest}"
+        with dest.open("r+b" if dest.exists() else "w+b") as out:
+            hasher, written = await asyncio.to_thread(_rehash, out, descriptor)
+            kept = written
+            if kept:
+                on_bytes(kept)
+            hasher, written = await self._receive(descriptor, out, hasher, written, on_bytes, what)
+            if kept and not _verifies(descriptor, hasher, written):
+                log.warning("%s: the %d bytes kept from an interrupted download did not verify; "
+                            "fetching it from the start", what, kept)
+                out.seek(0)
+                out.truncate()
+                on_bytes(-written)
+                hasher, written = await self._receive(descriptor, out, new_hasher(descriptor.digest), 0,
+                                                      on_bytes, what)
+        if not _verifies(descriptor, hasher, written):
+            actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+            raise DataLoss(f"{what}: received {written} bytes hashing to {actual}; expected "
+                           f"{descriptor.size} bytes hashing to {descriptor.digest}")
+
+    async def _receive(self, descriptor: Descriptor, out: BinaryIO, hasher: Any, written: int,
+                       on_bytes: Callable[[int], None], what: str) -> tuple[Any, int]:
+        """Append the blob's bytes after the `written` already in `out`; (hasher, bytes written).
+
         An interrupted body is resumed with a Range request from the bytes already
         written (the hasher carries on from there); a registry that ignores Range
         sends the whole blob again and the file starts over.
         """
-        what = f"blob {self.host}/{self.repository}@{descriptor.digest}"
+        if written == descriptor.size:
+            return hasher, written  # nothing left to ask for (a Range past the end would be a 416)
         path = f"/v2/{self.repository}/blobs/{descriptor.digest}"
-        hasher = new_hasher(descriptor.digest)
-        written = 0
         interruptions = 0
         loop = asyncio.get_running_loop()
-        with dest.open("wb") as out:
-            while True:
-                headers = {"Range": f"bytes={written}-"} if written else {}
-                response = await self._send("GET", path, headers, what)
+        while True:
+            headers = {"Range": f"bytes={written}-"} if written else {}
+            response = await self._send("GET", path, headers, what)
+            try:
+                if written and not _resumes_at(response, written):
+                    out.seek(0)
+                    out.truncate()
+                    hasher = new_hasher(descriptor.digest)
+                    on_bytes(-written)
+                    written = 0
+                # Hashing and writing run in a worker thread, a batch behind the network:
+                # the event loop only moves bytes, and both cores get used. What was
+                # received before an interruption is still written, so the resume is exact.
+                sink = _BlobSink(loop, hasher, out)
                 try:
-                    if written and not _resumes_at(response, written):
-                        out.seek(0)
-                        out.truncate()
-                        hasher = new_hasher(descriptor.digest)
-                        on_bytes(-written)
-                        written = 0
-                    # Hashing and writing run in a worker thread, a batch behind the network:
-                    # the event loop only moves bytes, and both cores get used. What was
-                    # received before an interruption is still written, so the resume is exact.
-                    sink = _BlobSink(loop, hasher, out)
-                    try:
-                        async for chunk in response.aiter_raw():
-                            written += len(chunk)
-                            if written > descriptor.size:
-                                raise DataLoss(f"{what}: more than the {descriptor.size} bytes the manifest says")
-                            await sink.add(chunk)
-                            on_bytes(len(chunk))
-                    finally:
-                        await sink.flush()
-                    break
-                except _TRANSIENT_ERRORS as exc:
-                    interruptions += 1
-                    if interruptions > self._retries:
-                        raise _transport_failure(self.host, what, exc) from None
-                    await self._sleep(_backoff(interruptions))
+                    async for chunk in response.aiter_raw():
+                        written += len(chunk)
+                        if written > descriptor.size:
+                            raise DataLoss(f"{what}: more than the {descriptor.size} bytes the manifest says")
+                        await sink.add(chunk)
+                        on_bytes(len(chunk))
                 finally:
-                    await response.aclose()
-        actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
-        if written != descriptor.size or actual != descriptor.digest:
-            raise DataLoss(f"{what}: received {written} bytes hashing to {actual}; expected "
-                           f"{descriptor.size} bytes hashing to {descriptor.digest}")
+                    await sink.flush()
+                return hasher, written
+            except _TRANSIENT_ERRORS as exc:
+                interruptions += 1
+                if interruptions > self._retries:
+                    raise _transport_failure(self.host, what, exc) from None
+                await self._sleep(_backoff(interruptions))
+            finally:
+                await response.aclose()
 
     async def _get_small(self, path: str, headers: dict[str, str], limit: int,
                          what: str) -> tuple[bytes, str]:
@@ -217,7 +244,9 @@ class RegistryClient:
         """Send with retries and auth; return a streaming 2xx response or raise the mapped error."""
         http = self.connection.http
         attempt = 0
-        authenticated = False
+        # A 401 to credentials obtained for this very request is the registry's answer; a 401 to a
+        # cached token (the registry rotated its key or revoked it) earns one fresh token first.
+        sent_fresh = False
         while True:
             try:
                 url = await self.connection.base_url() + path
@@ -238,9 +267,10 @@ class RegistryClient:
             if status < 300:
                 return response
             body = await _read_limited(response, _ERROR_BODY_LIMIT, what, truncate=True)
-            if status == 401 and not authenticated:
-                authenticated = True
-                if await self._authenticate(response.headers.get("WWW-Authenticate", "")):
+            if status == 401 and not sent_fresh:
+                fresh = await self._authenticate(response.headers.get("WWW-Authenticate", ""))
+                if fresh is not None:
+                    sent_fresh = fresh
                     continue
             if status in _TRANSIENT_STATUS and attempt < self._retries:
                 attempt += 1
@@ -248,8 +278,12 @@ class RegistryClient:
                 continue
             raise registry_error(status, body, what)
 
-    async def _authenticate(self, header: str) -> bool:
-        """Prepare the Authorization header a 401's challenge asks for; False if we have none to offer."""
+    async def _authenticate(self, header: str) -> bool | None:
+        """Prepare the Authorization header a 401's challenge asks for.
+
+        None: we have nothing to offer. True: fresh credentials (a token just fetched, or
+        basic credentials), whose refusal is final. False: a token from the cache.
+        """
         challenges = {c.scheme: c for c in auth.parse_www_authenticate(header)}
         bearer = challenges.get("bearer")
         if bearer is not None:
@@ -258,19 +292,25 @@ class RegistryClient:
             key = (bearer.params.get("realm", ""), bearer.params.get("service", ""), scope,
                    creds.fingerprint() if creds else "")
             token = self._tokens.get(key)
-            if token is None or self._authorization == f"Bearer {token}":
+            if token is not None and self._authorization == f"Bearer {token}":
+                # The registry refused the cached token itself: no other pull may use it either.
+                self._tokens.drop(key)
+                token = None
+            if token is None:
                 # A realm on the registry's own host (self-hosted registries) is reached with that
                 # host's TLS settings from certs.d; others (auth.docker.io) with the system CAs.
                 http = self.connection.http if _same_host(key[0], self.host) else self._auth_http
                 token, lifetime = await auth.fetch_token(http, bearer, scope, creds,
                                                          allow_plain_http=self.connection.insecure)
                 self._tokens.put(key, token, lifetime)
+                self._authorization = f"Bearer {token}"
+                return True
             self._authorization = f"Bearer {token}"
-            return True
+            return False
         if "basic" in challenges and self._creds is not None and self._creds.username:
             self._authorization = auth.basic_header(self._creds)
             return True
-        return False
+        return None
 
 
 def _same_host(url: str, host: str) -> bool:
@@ -278,6 +318,26 @@ def _same_host(url: str, host: str) -> bool:
         return httpx.URL(url).netloc.decode() == host
     except httpx.InvalidURL:
         return False
+
+
+def _rehash(out: BinaryIO, descriptor: Descriptor) -> tuple[Any, int]:
+    """Hash what `out` already holds, leaving its position at the end; more than the blob: start over."""
+    hasher = new_hasher(descriptor.digest)
+    out.seek(0, 2)
+    size = out.tell()
+    if size > descriptor.size:
+        out.seek(0)
+        out.truncate()
+        return hasher, 0
+    out.seek(0)
+    while chunk := out.read(_DOWNLOAD_CHUNK):
+        hasher.update(chunk)
+    return hasher, size
+
+
+def _verifies(descriptor: Descriptor, hasher: Any, written: int) -> bool:
+    return written == descriptor.size and f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}" == \
+        descriptor.digest
 
 
 def _resumes_at(response: httpx.Response, offset: int) -> bool:

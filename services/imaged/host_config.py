@@ -66,11 +66,14 @@ class _Cached(Generic[T]):
 
 class HostConfig:
     def __init__(self, config: ImagedConfig) -> None:
+        self.reload(config)
+
+    def reload(self, config: ImagedConfig) -> None:
+        """Take (possibly new) file locations and drop every cached parse: the next use re-reads."""
         self._config = config
         self._registries: _Cached[RegistriesConf] = _Cached(self._registries_files, self._load_registries)
         self._policy: _Cached[policy.Policy] = _Cached(lambda: [Path(config.policy)], self._load_policy)
-        self._auths: _Cached[dict[str, auth.Credentials]] = _Cached(lambda: [Path(config.auth_file)],
-                                                                     self._load_auths)
+        self._auths: _Cached[auth.AuthFile] = _Cached(lambda: [Path(config.auth_file)], self._load_auths)
 
     def registries(self) -> RegistriesConf:
         return self._registries.get()
@@ -78,7 +81,7 @@ class HostConfig:
     def policy(self) -> policy.Policy:
         return self._policy.get()
 
-    def auths(self) -> dict[str, auth.Credentials]:
+    def auths(self) -> auth.AuthFile:
         return self._auths.get()
 
     def _registries_files(self) -> list[Path]:
@@ -115,9 +118,9 @@ class HostConfig:
         return policy.parse_policy(text, str(path))
 
     @staticmethod
-    def _load_auths(paths: list[Path]) -> dict[str, auth.Credentials]:
+    def _load_auths(paths: list[Path]) -> auth.AuthFile:
         try:
             text = paths[0].read_text()
         except FileNotFoundError:
-            return {}
-        return auth.parse_auth_file(text, str(paths[0]))
+            return auth.AuthFile()
+        return auth.parse_auth_config(text, str(paths[0]))

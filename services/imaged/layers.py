@@ -6,6 +6,9 @@ Shared work, so concurrent pulls never fetch or apply twice:
   a download gets its own hard link in storaged's incoming directory, because
   storaged consumes (deletes) the file it applies; the download's own file is
   deleted once the last user has linked it.
+- across restarts: a download's partial file has one name per blob and survives an
+  interruption, so the next pull of the blob (by this imaged or the next) hashes the
+  bytes it holds again and asks the registry only for the rest (Range).
 
 Downloads run in parallel, and each layer is handed to storaged as soon as its
 blob is complete: storaged unpacks layers in parallel and commits each only on
@@ -26,7 +29,7 @@ from typing import Any, Protocol
 from services.imaged.distribution import RegistryClient
 from services.imaged.inflight import Fanout, Listener, SharedTasks
 from services.imaged.manifest import Descriptor
-from shared.errors import AlreadyExists
+from shared.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from shared.schema.storaged import APPLY_LAYER, ApplyLayerRequest
 from shared.wire import Method
 
@@ -59,7 +62,8 @@ class LayerFetcher:
                 continue
             try:
                 # A finished blob may be in storaged's hands right now; only old ones are ours to drop.
-                if entry.name.endswith(_PARTIAL) or entry.stat().st_mtime < cutoff:
+                # A young partial download is kept: the next pull of its blob resumes after its bytes.
+                if entry.stat().st_mtime < cutoff:
                     entry.unlink()
             except FileNotFoundError:
                 pass
@@ -80,7 +84,7 @@ class LayerFetcher:
                                parent_chain_id: str, diff_id: str, downloads: asyncio.Semaphore,
                                fanout: Fanout) -> None:
         async def start(blob_fanout: Fanout) -> Path:
-            return await self._download(client, layer, downloads, blob_fanout)
+            return await self.download_blob(client, layer, downloads, blob_fanout)
 
         blob = await self._blobs.run(layer.digest, start, take=self._link, listener=fanout)
         try:
@@ -95,15 +99,20 @@ class LayerFetcher:
             # storaged deletes the blob once applied or refused; this covers calls that never reached it.
             _unlink(blob)
 
-    async def _download(self, client: RegistryClient, layer: Descriptor, downloads: asyncio.Semaphore,
-                        fanout: Fanout) -> Path:
+    async def download_blob(self, client: RegistryClient, layer: Descriptor, downloads: asyncio.Semaphore,
+                            on_bytes: Listener) -> Path:
+        """Download `layer`'s blob, verified, into a file of its own in the incoming directory."""
         async with downloads:
-            partial = self._incoming / f"{self._name(layer.digest)}{_PARTIAL}"
+            partial = self._incoming / self._partial_name(layer.digest)
             started = time.monotonic()
             try:
-                await client.download(layer, partial, fanout)
-                final = partial.with_name(partial.name.removesuffix(_PARTIAL))
+                await client.download(layer, partial, on_bytes)
+                final = self._incoming / self._name(layer.digest)
                 os.rename(partial, final)
+            except (asyncio.CancelledError, Unavailable, DeadlineExceeded):
+                # Interrupted (imaged stopping, the pull cancelled, the registry unreachable): the
+                # bytes stay for the next pull of this blob, even by a restarted imaged, to resume.
+                raise
             except BaseException:
                 _unlink(partial)
                 raise
@@ -115,6 +124,13 @@ class LayerFetcher:
         own = self._incoming / self._name(blob.name.split("-")[1])
         os.link(blob, own)
         return own
+
+    @staticmethod
+    def _partial_name(digest: str) -> str:
+        """One name per blob, so that a download is found again after a restart (the blob
+        tasks make sure one imaged never runs two downloads of a blob at once)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        return f"{PREFIX}{hexdigest[:12]}-{algorithm}-{hexdigest}{_PARTIAL}"
 
     @staticmethod
     def _name(digest: str) -> str:

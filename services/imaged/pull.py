@@ -30,6 +30,7 @@ from services.imaged.image_store import ImageStore
 from services.imaged.inflight import SyncGate
 from services.imaged.layers import LayerFetcher, Storaged
 from services.imaged.manifest import INT64_MAX, chain_ids, user_ids
+from services.imaged.pull_stats import PullStats
 from services.imaged.reference import normalize
 from services.imaged.resolve import ResolvedImage, Resolver
 from shared.config import ImagedConfig
@@ -100,6 +101,10 @@ class Puller:
         self._gate = gate
         self._publish = publish
         self.pause_names = _pause_names(config.pause_image)
+        self.stats = PullStats()
+
+    def set_pause_image(self, pause_image: str) -> None:
+        self.pause_names = _pause_names(pause_image)
 
     async def pull(self, image: str, cri_auth: RegistryAuth | None) -> ImageRecord:
         started = time.monotonic()
@@ -108,16 +113,20 @@ class Puller:
                 record = await self._pull(image, cri_auth)
         except TimeoutError:
             log.warning("pull %s: imaged.pull_timeout (%gs) reached", image, self._config.pull_timeout)
-            raise DeadlineExceeded(f"pulling {image} took longer than imaged.pull_timeout "
-                                   f"({self._config.pull_timeout:g}s)") from None
+            exc = DeadlineExceeded(f"pulling {image} took longer than imaged.pull_timeout "
+                                   f"({self._config.pull_timeout:g}s)")
+            self.stats.failed(exc)
+            raise exc from None
         except CriplexError as exc:
             log.warning("pull %s failed: %s: %s", image, type(exc).__name__, exc.message)
+            self.stats.failed(exc)
             raise
         except asyncio.CancelledError:
             # The caller's deadline (enforced by the daemon server) or shutdown.
             log.warning("pull %s cancelled after %.1fs", image, time.monotonic() - started)
             raise
         log.info("pulled %s as %s in %.1fs", image, record.id, time.monotonic() - started)
+        self.stats.succeeded += 1
         return record
 
     async def _pull(self, image: str, cri_auth: RegistryAuth | None) -> ImageRecord:
@@ -195,12 +204,17 @@ class Puller:
         missing = [i for i, stored in enumerate(present) if not stored]
         progress = Progress(image, len(missing), sum(layers[i].size for i in missing), self._publish)
         progress.finish()
+        self.stats.layers_reused += len(chain) - len(missing)
+
+        def add_bytes(delta: int) -> None:
+            progress.add_bytes(delta)
+            self.stats.add_bytes(delta)
         downloads = asyncio.Semaphore(self._config.max_concurrent_downloads)
 
         async def fetch(i: int) -> None:
             parent = chain[i - 1] if i else ""
             await self._layers.ensure(resolved.client, layers[i], chain[i], parent, config.diff_ids[i],
-                                      downloads, progress.add_bytes)
+                                      downloads, add_bytes)
             progress.layer_done()
 
         await _all_or_first_error([fetch(i) for i in missing])

@@ -65,6 +65,9 @@ class PullSource:
     reference: ImageReference
     insecure: bool
     mirror: bool
+    # A mirror whose own [[registry]] entry is blocked: never contacted, the pull falls through
+    # to the next source (containers/image refuses such a source the same way).
+    blocked: bool = False
 
 
 _TOP_KEYS = {"unqualified-search-registries", "registry", "aliases", "short-name-mode",
@@ -234,7 +237,9 @@ def pull_sources(conf: RegistriesConf, ref: ImageReference) -> list[PullSource]:
         if ((mirror.pull_from_mirror == "digest-only" and not by_digest)
                 or (mirror.pull_from_mirror == "tag-only" and by_digest)):
             continue
-        sources.append(PullSource(_rewrite(ref, reg.prefix, mirror.location), mirror.insecure, True))
+        mirrored = _rewrite(ref, reg.prefix, mirror.location)
+        own = find_registry(conf, mirrored.name)
+        sources.append(PullSource(mirrored, mirror.insecure, True, blocked=own is not None and own.blocked))
     sources.append(PullSource(_rewrite(ref, reg.prefix, reg.location), reg.insecure, False))
     return sources
 

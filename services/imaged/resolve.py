@@ -3,7 +3,8 @@
 Order, as in CRI-O (containers/image): each name the string may mean (aliases,
 unqualified-search registries, else Docker Hub); for each, the signature policy
 and registries.conf (blocked -> refused); then its mirrors in order and the
-main location, a failing source falling through to the next. The first source
+main location, a failing source falling through to the next. A mirror that is
+itself blocked in registries.conf is skipped without being contacted. The first source
 that serves a manifest for the configured platform and its config wins; the
 layers are then downloaded from that same source.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from services.imaged import auth, policy
+from services.imaged import auth, credential_helpers, policy
 from services.imaged.connections import ConnectionPool
 from services.imaged.distribution import RegistryClient
 from services.imaged.host_config import HostConfig
@@ -29,7 +30,7 @@ from services.imaged.manifest import (
 from services.imaged.reference import ImageReference, parse_reference
 from services.imaged.registries_conf import PullSource, candidates, pull_sources
 from shared.config import ImagedConfig
-from shared.errors import CriplexError, DataLoss, FailedPrecondition
+from shared.errors import CriplexError, DataLoss, FailedPrecondition, PermissionDenied
 from shared.schema.imaged import RegistryAuth
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class Resolver:
                 failures.append((str(name), exc))
                 continue
             for source in sources:
+                if source.blocked:
+                    failures.append((f"{source.reference} (mirror)", PermissionDenied(
+                        f"registry {source.reference.domain} is blocked in registries.conf")))
+                    continue
                 try:
                     return await self._resolve_at(name, source, cri_creds)
                 except CriplexError as exc:
@@ -78,20 +83,36 @@ class Resolver:
                     failures.append((where, exc))
         raise _combined(image, failures)
 
-    def client_for(self, source: PullSource, cri_creds: auth.Credentials | None) -> RegistryClient:
+    async def client_for(self, source: PullSource, cri_creds: auth.Credentials | None) -> RegistryClient:
         # The kubelet's credentials were chosen for the name's own registry: they go to its
         # (possibly rewritten) location, never to a mirror the administrator added.
         ref = source.reference
         creds = cri_creds if cri_creds is not None and not source.mirror else None
         if creds is None:
-            creds = auth.lookup(self._host.auths(), ref.name)
+            creds = await self._node_credentials(ref)
         connection = self._pool.get(ref.domain, source.insecure)
         return RegistryClient(connection, ref.path, creds, self._tokens, self._pool.auth_http,
                               self._config.retries)
 
+    async def _node_credentials(self, ref: ImageReference) -> auth.Credentials | None:
+        """The node's own credentials for `ref`, in containers/image's order: the host's
+        credHelpers entry, else the most specific "auths" entry; then the credsStore."""
+        auths = self._host.auths()
+        helper = auths.helpers.get(ref.domain)
+        if helper:
+            return await self._ask_helper(helper, ref.domain)
+        creds = auth.lookup(auths.entries, ref.name)
+        if creds is None and auths.store:
+            creds = await self._ask_helper(auths.store, ref.domain)
+        return creds
+
+    async def _ask_helper(self, helper: str, host: str) -> auth.Credentials | None:
+        return await credential_helpers.helper_credentials(helper, host, self._config.credential_helper_dirs,
+                                                           self._config.credential_helper_timeout)
+
     async def _resolve_at(self, name: ImageReference, source: PullSource,
                           cri_creds: auth.Credentials | None) -> ResolvedImage:
-        client = self.client_for(source, cri_creds)
+        client = await self.client_for(source, cri_creds)
         fetched = await client.manifest(source.reference.digest or source.reference.tag)
         top_digest = fetched.digest
         parsed: ImageManifest | ImageIndex = parse_manifest(fetched.body, fetched.media_type)

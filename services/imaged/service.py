@@ -23,8 +23,10 @@ from services.imaged.pull import Puller
 from services.imaged.reference import ImageReference
 from services.imaged.registries_conf import RegistriesConf, candidates
 from services.imaged.resolve import Resolver
+from shared.config import Config
 from shared.daemon import DaemonContext, Readiness
 from shared.errors import CriplexError, DeadlineExceeded, Unavailable
+from shared.schema.common import MetricsReport
 from shared.schema.imaged import (
     IMAGE_STATUS,
     LIST_IMAGES,
@@ -97,12 +99,21 @@ class ImagedService:
             self._storaged.close()
             await self._pool.aclose()
 
+    def on_reload(self, config: Config) -> None:
+        """registries.conf, policy.json and auth.json are re-read at once (even unchanged: an
+        admin's reload is a request to re-read), and the new pause image is the pinned one."""
+        self._host.reload(config.imaged)
+        self._puller.set_pause_image(config.imaged.pause_image)
+
     def readiness(self) -> Readiness:
         info = {"images": str(len(self._store.all()))}
         if not self._synced:
             return Readiness(False, "StoragedNotSynced", "imaged has not yet synchronised storaged's "
                              "image references", info)
         return Readiness(True, info=info)
+
+    def metrics(self) -> MetricsReport:
+        return self._puller.stats.report()
 
     # -- handlers ---------------------------------------------------------------------------------
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.monitord.oci_runtime import OciRuntime
+from shared import daemon_cgroups
 from shared.errors import FailedPrecondition, Internal
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_SYNC_BYTES = 1 << 20
@@ -71,6 +75,11 @@ def conmon_argv(conmon: str, runtime: OciRuntime, launch: ConmonLaunch) -> list[
 
 async def create_under_conmon(conmon: str, runtime: OciRuntime, launch: ConmonLaunch, timeout: float) -> int:
     """Have conmon run `runtime create`; return the container's init pid."""
+    with runtime.span(f"conmon start ({os.path.basename(runtime.path)} create)"):
+        return await _create_under_conmon(conmon, runtime, launch, timeout)
+
+
+async def _create_under_conmon(conmon: str, runtime: OciRuntime, launch: ConmonLaunch, timeout: float) -> int:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         ours.setblocking(False)
@@ -83,6 +92,7 @@ async def create_under_conmon(conmon: str, runtime: OciRuntime, launch: ConmonLa
         code = await proc.wait()
         if code != 0:
             raise Internal(f"conmon exited with status {code} before creating {launch.container_id}")
+        await asyncio.to_thread(_leave_monitord_cgroup, launch)
         try:
             async with asyncio.timeout(timeout):
                 report = await _read_line(ours)
@@ -92,6 +102,23 @@ async def create_under_conmon(conmon: str, runtime: OciRuntime, launch: ConmonLa
         theirs.close()
         ours.close()
     return _pid_from_report(report, launch.container_id)
+
+
+def _leave_monitord_cgroup(launch: ConmonLaunch) -> None:
+    """Move the detached conmon out of monitord's cgroup, as CRI-O moves it into crio-conmon-<id>.
+
+    conmon outlives monitord, so monitord's memory limit must never count it (or OOM-kill it).
+    Its parent wrote the conmon pidfile before exiting, so the pid is known by now. The
+    container itself is never here: runc puts it in the cgroup of its spec.
+    """
+    target = daemon_cgroups.conmon_cgroup_beside(os.getpid())
+    if not target:
+        return
+    try:
+        pid = int((launch.bundle / "conmon-pidfile").read_text().strip())
+        daemon_cgroups.move(pid, target)
+    except (OSError, ValueError) as exc:
+        log.warning("conmon of %s stays in monitord's cgroup: %s", launch.container_id, exc)
 
 
 async def _read_line(sock: socket.socket) -> bytes:

@@ -69,6 +69,7 @@ class Containers:
         self._names = asyncio.Lock()
         self._exited: dict[str, asyncio.Event] = {}
         self._cgroups: dict[str, str] = {}
+        self.oom_kills: dict[str, int] = {}  # by container name, since monitord started (for /metrics)
 
     def _get(self, container_id: str) -> ContainerRecord:
         record = self._records.container(container_id)
@@ -199,9 +200,11 @@ class Containers:
         if not reason:
             oom = await asyncio.to_thread(self._oom_killed, record.id)
             reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+            if oom:
+                self.oom_kills[record.name] = self.oom_kills.get(record.name, 0) + 1
         await self._records.put_container(dataclasses.replace(
             record, state=ContainerState.EXITED, exit_code=code, finished_at=finished_ns, reason=reason,
-            message=message))
+            message=message, paused=False))
         event = self._exited.pop(record.id, None)
         if event is not None:
             event.set()
@@ -259,6 +262,9 @@ class Containers:
                     raise FailedPrecondition(f"container {container_id} is still being created")
                 return record
             exited = self._exited.setdefault(container_id, asyncio.Event())
+            if record.paused:
+                # A frozen process takes no signal, SIGKILL included, until it is thawed.
+                record = await self._resume(record)
             if record.state == ContainerState.CREATED:
                 # Its init waits on runc's exec fifo and ignores signals until then; runc kill reaches it.
                 await self._runtime_of(record).kill(container_id, "KILL")
@@ -299,6 +305,28 @@ class Containers:
             await self._records.delete_container(container_id)
             self._exited.pop(container_id, None)
         return True
+
+    # -- pause / unpause (the status API, not the CRI) ----------------------------------------
+
+    async def pause(self, container_id: str) -> ContainerRecord:
+        async with self._locks.hold(container_id):
+            record = self._get(container_id)
+            if record.state != ContainerState.RUNNING or record.paused:
+                state = "paused" if record.paused else record.state.value
+                raise FailedPrecondition(f"container {container_id} is {state}, not running")
+            await self._runtime_of(record).pause(container_id)
+            return await self._records.put_container(dataclasses.replace(record, paused=True))
+
+    async def unpause(self, container_id: str) -> ContainerRecord:
+        async with self._locks.hold(container_id):
+            record = self._get(container_id)
+            if not record.paused:
+                raise FailedPrecondition(f"container {container_id} is {record.state.value}, not paused")
+            return await self._resume(record)
+
+    async def _resume(self, record: ContainerRecord) -> ContainerRecord:
+        await self._runtime_of(record).resume(record.id)
+        return await self._records.put_container(dataclasses.replace(record, paused=False))
 
     # -- running containers -----------------------------------------------------------------
 

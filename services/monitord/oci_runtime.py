@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import MonitordConfig
 from shared.errors import Internal, InvalidArgument
+from shared.tracing import Tracing
 
 _GONE_MARKERS = ("does not exist", "not found", "no such file")
 
@@ -34,11 +37,20 @@ class OciRuntime:
     handler: str
     path: str
     root: str
+    tracing: Tracing | None = field(default=None, compare=False, repr=False)
 
     def argv(self, *args: str) -> list[str]:
         return [self.path, f"--root={self.root}", *args]
 
+    def span(self, name: str) -> AbstractContextManager[object]:
+        """A span for one runtime step (runc create under conmon, runc start) in `criplex trace`."""
+        return self.tracing.span(name) if self.tracing is not None else contextlib.nullcontext()
+
     async def run(self, *args: str, stdin: bytes | None = None) -> RuntimeResult:
+        with self.span(f"{os.path.basename(self.path)} {args[0]}"):
+            return await self._run(*args, stdin=stdin)
+
+    async def _run(self, *args: str, stdin: bytes | None = None) -> RuntimeResult:
         proc = await asyncio.create_subprocess_exec(
             *self.argv(*args),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -86,6 +98,12 @@ class OciRuntime:
         state: dict[str, Any] = json.loads(result.stdout)
         return state
 
+    async def pause(self, container_id: str) -> None:
+        await self.checked("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self.checked("resume", container_id)
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         await self.checked("update", "--resources", "-", container_id, stdin=json.dumps(resources).encode())
 
@@ -93,10 +111,24 @@ class OciRuntime:
 class RuntimeHandlers:
     """The configured runtime handlers; the CRI's "" means the default one."""
 
-    def __init__(self, config: MonitordConfig, run_dir: str) -> None:
+    def __init__(self, config: MonitordConfig, run_dir: str, tracing: Tracing | None = None) -> None:
         self.default = config.default_runtime
-        self._runtimes = {name: OciRuntime(name, handler.path, config.runtime_root(name, run_dir))
-                          for name, handler in config.runtimes.items()}
+        self._tracing = tracing
+        self._runtimes = self._configured(config, run_dir, tracing)
+        # Handlers a reload removed: refused for new pods, still used for the containers they run.
+        self._retired: dict[str, OciRuntime] = {}
+
+    @staticmethod
+    def _configured(config: MonitordConfig, run_dir: str, tracing: Tracing | None) -> dict[str, OciRuntime]:
+        return {name: OciRuntime(name, handler.path, config.runtime_root(name, run_dir), tracing)
+                for name, handler in config.runtimes.items()}
+
+    def reload(self, config: MonitordConfig, run_dir: str) -> None:
+        """Take the handlers of a re-read configuration (SIGHUP)."""
+        fresh = self._configured(config, run_dir, self._tracing)
+        self._retired = {name: rt for name, rt in {**self._retired, **self._runtimes}.items() if name not in fresh}
+        self._runtimes = fresh
+        self.default = config.default_runtime
 
     def resolve(self, handler: str) -> str:
         name = handler or self.default
@@ -109,4 +141,5 @@ class RuntimeHandlers:
 
     def find(self, handler: str) -> OciRuntime | None:
         """The runtime of a stored record, or None when its handler was removed from the config."""
-        return self._runtimes.get(handler or self.default)
+        name = handler or self.default
+        return self._runtimes.get(name) or self._retired.get(name)

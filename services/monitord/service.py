@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from services.monitord import node_stats
 from services.monitord.containers import Containers
 from services.monitord.exit_watch import ExitDirWatch
 from services.monitord.host_facts import read_host_facts
@@ -20,14 +21,17 @@ from services.monitord.layout import Layout
 from services.monitord.oci_runtime import RuntimeHandlers
 from services.monitord.records import StateRecords
 from services.monitord.sandboxes import Sandboxes
+from shared.config import Config
 from shared.daemon import DaemonContext, Readiness, when_ready
 from shared.errors import Unavailable
+from shared.schema.common import MetricsReport
 from shared.schema.monitord import (
     CONTAINER_STATS,
     CREATE_CONTAINER,
     CREATE_SANDBOX,
     EXEC_SYNC,
     LIST_STATE,
+    PAUSE_CONTAINER,
     REMOVE_CONTAINER,
     REMOVE_SANDBOX,
     REOPEN_LOG,
@@ -35,6 +39,7 @@ from shared.schema.monitord import (
     START_SANDBOX,
     STOP_CONTAINER,
     STOP_SANDBOX,
+    UNPAUSE_CONTAINER,
     UPDATE_RESOURCES,
     ContainerRecord,
     ContainerRef,
@@ -67,7 +72,7 @@ class MonitordService:
         self._config = ctx.config.monitord
         self.layout = Layout(ctx.state_dir, Path(ctx.config.paths.run_dir) / "monitord")
         self.records = StateRecords(self.layout, ctx.events)
-        self.runtimes = RuntimeHandlers(self._config, ctx.config.paths.run_dir)
+        self.runtimes = RuntimeHandlers(self._config, ctx.config.paths.run_dir, ctx.tracing)
         self._containers: Containers | None = None
         self._sandboxes: Sandboxes | None = None
         self.loaded = asyncio.Event()
@@ -87,6 +92,8 @@ class MonitordService:
         server.register(REOPEN_LOG, when_ready(self.loaded, self.reopen_log))
         server.register(CONTAINER_STATS, when_ready(self.loaded, self.container_stats))
         server.register(LIST_STATE, when_ready(self.loaded, self.list_state))
+        server.register(PAUSE_CONTAINER, when_ready(self.loaded, self.pause_container))
+        server.register(UNPAUSE_CONTAINER, when_ready(self.loaded, self.unpause_container))
 
 
     @property
@@ -150,6 +157,9 @@ class MonitordService:
             return Readiness(False, "RuntimeNotInstalled", f"not executable: {', '.join(missing)}")
         return Readiness(True, info={"default_runtime": self._config.default_runtime})
 
+    def metrics(self) -> MetricsReport:
+        return node_stats.report(self.containers.oom_kills)
+
     # -- sandboxes --------------------------------------------------------------------------
 
     async def create_sandbox(self, req: CreateSandboxRequest) -> SandboxRecord:
@@ -190,6 +200,17 @@ class MonitordService:
 
     async def container_stats(self, req: StatsRequest) -> StatsResponse:
         return await self.containers.stats(req)
+
+    async def pause_container(self, req: ContainerRef) -> ContainerRecord:
+        return await self.containers.pause(req.id)
+
+    async def unpause_container(self, req: ContainerRef) -> ContainerRecord:
+        return await self.containers.unpause(req.id)
+
+    def on_reload(self, config: Config) -> None:
+        """New runtime handlers serve new pods at once; a removed one refuses new pods, while the
+        containers it already runs keep being stopped and removed through it."""
+        self.runtimes.reload(config.monitord, config.paths.run_dir)
 
     async def list_state(self, _: ListStateRequest) -> ListStateResponse:
         return ListStateResponse(

@@ -36,6 +36,7 @@ from services.netd.host_links import remove_links_into
 from shared.errors import CriplexError, FailedPrecondition
 from shared.nsfs import is_pinned
 from shared.schema.netd import CreateNetworkRequest, PodNetwork
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,10 @@ class PluginChain:
     """Runs the configured network's plugins for each pod."""
 
     def __init__(self, cache: CniCache, current: Callable[[], NetworkConfig], pod_cidr: Callable[[], str],
-                 bin_dirs: tuple[str, ...], timeout: float, env: dict[str, str]) -> None:
+                 bin_dirs: tuple[str, ...], timeout: float, env: dict[str, str], tracing: Tracing | None = None
+                 ) -> None:
         self._cache = cache
+        self._tracing = tracing
         self._current = current  # the readiness watch's parse; raises when there is none
         self._pod_cidr = pod_cidr
         self._bin_dirs = bin_dirs
@@ -157,7 +160,7 @@ class PluginChain:
         try:
             for plugin in network.plugins:
                 stdin = plugin_stdin(network, plugin, capabilities, result)
-                result = await run_plugin(plugin.type, plugin.path, invocation, env, stdin) or result
+                result = await run_plugin(plugin.type, plugin.path, invocation, env, stdin, self._tracing) or result
                 done += 1
         except BaseException as exc:
             await self._roll_back(network, sandbox_id, netns, plan, done, exc)
@@ -205,7 +208,7 @@ class PluginChain:
         env = plugin_env(invocation, self._env)
         for plugin in config.plugins:
             stdin = plugin_stdin(config, plugin, cached.capability_args, cached.result)
-            await run_plugin(plugin.type, plugin.path, invocation, env, stdin)
+            await run_plugin(plugin.type, plugin.path, invocation, env, stdin, self._tracing)
 
     async def delete(self, network: PodNetwork) -> None:
         if not network.cni_network:
@@ -245,7 +248,7 @@ class PluginChain:
             plugin = config.plugins[index]
             try:
                 await run_plugin(plugin.type, plugin.path, invocation, env,
-                                 plugin_stdin(config, plugin, capabilities, prev))
+                                 plugin_stdin(config, plugin, capabilities, prev), self._tracing)
             except PluginFailed as exc:
                 log.warning("sandbox %s: %s", invocation.container_id, exc)
                 if tolerate_from is None or index < tolerate_from:

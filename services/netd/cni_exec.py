@@ -16,6 +16,7 @@ from typing import Any
 
 from services.netd.cni_result import parse_output, plugin_error
 from shared.errors import Internal
+from shared.tracing import Tracing
 
 IFNAME = "eth0"
 
@@ -47,8 +48,19 @@ def plugin_env(invocation: Invocation, base: dict[str, str]) -> dict[str, str]:
 
 
 async def run_plugin(plugin_type: str, path: str, invocation: Invocation, env: dict[str, str],
-                     stdin: bytes) -> dict[str, Any] | None:
-    """Run one plugin; its result (None when it printed none), or PluginFailed naming it."""
+                     stdin: bytes, tracing: Tracing | None = None) -> dict[str, Any] | None:
+    """Run one plugin; its result (None when it printed none), or PluginFailed naming it.
+
+    Each call is a span of its own (`cni <type> <command>`): CNI is where a slow pod start
+    most often spends its time."""
+    if tracing is None:
+        return await _run_plugin(plugin_type, path, invocation, env, stdin)
+    with tracing.span(f"cni {plugin_type} {invocation.command}"):
+        return await _run_plugin(plugin_type, path, invocation, env, stdin)
+
+
+async def _run_plugin(plugin_type: str, path: str, invocation: Invocation, env: dict[str, str],
+                      stdin: bytes) -> dict[str, Any] | None:
     what = f"CNI plugin {plugin_type} {invocation.command}"
     try:
         proc = await asyncio.create_subprocess_exec(

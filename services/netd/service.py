@@ -36,7 +36,7 @@ class NetdService:
         self.node = NodeNetwork(ctx.state_dir / "node-network.json")
         self.cni = cni or PluginChain(CniCache(ctx.state_dir / "cni"), self.cni_config.usable_network,
                                       lambda: self.node.pod_cidr, tuple(netd.cni_bin_dirs), netd.plugin_timeout,
-                                      host_env())
+                                      host_env(), ctx.tracing)
         self.networks = PodNetworks(ctx.state_dir / "networks", Path(ctx.config.paths.run_dir) / "netns", self.cni)
         self._loaded = asyncio.Event()
 

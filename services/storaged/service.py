@@ -61,6 +61,7 @@ class StoragedService:
         self.layers = LayerStore(self.root)
         self.images = ImageRefs(self.root / "records" / "images.json")
         self.rootfs = RootfsStore(self.root)
+        self._tracing = ctx.tracing
         self.usage = UsageMonitor(self.layers.layers_dir, self.rootfs.containers_dir)
         self._hold_lock = asyncio.Lock()
         self._loaded = asyncio.Event()
@@ -143,7 +144,8 @@ class StoragedService:
 
     async def create_rootfs(self, req: CreateRootfsRequest) -> Rootfs:
         async with self._hold_lock:
-            return await self.rootfs.create(req.container_id, req.chain_id, self._lowers(req.chain_id))
+            with self._tracing.span("overlay mount"):
+                return await self.rootfs.create(req.container_id, req.chain_id, self._lowers(req.chain_id))
 
     async def remove_rootfs(self, req: RemoveRootfsRequest) -> RemoveRootfsResponse:
         async with self._hold_lock:

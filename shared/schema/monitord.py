@@ -90,6 +90,8 @@ class ContainerRecord:
     user: ContainerUser | None = None
     stop_signal: str = ""  # resolved: config's, else the image's, else SIGTERM
     runtime_handler: str = ""
+    # Frozen by `runc pause` (the status API's POST /pause). Still RUNNING to the CRI, as with CRI-O.
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,3 +252,6 @@ UPDATE_RESOURCES = Method("update_resources", UpdateResourcesRequest, ContainerR
 REOPEN_LOG = Method("reopen_log", ContainerRef, Done)
 CONTAINER_STATS = Method("container_stats", StatsRequest, StatsResponse)
 LIST_STATE = Method("list_state", ListStateRequest, ListStateResponse)
+# The status API's pause/unpause (not CRI methods): FAILED_PRECONDITION in the wrong state.
+PAUSE_CONTAINER = Method("pause_container", ContainerRef, ContainerRecord)
+UNPAUSE_CONTAINER = Method("unpause_container", ContainerRef, ContainerRecord)

@@ -145,3 +145,12 @@ def test_token_response_forms():
         parse_token_response(b"{}")
     with pytest.raises(Unauthenticated):
         parse_token_response(b"<html>")
+
+
+def test_token_cache_drop_forgets_a_refused_token():
+    cache = TokenCache()
+    key = ("realm", "svc", "repository:a:pull", "")
+    cache.put(key, "tok", lifetime_s=60, now=1000.0)
+    cache.drop(key)
+    assert cache.get(key, now=1000.0) is None
+    cache.drop(key)  # dropping twice (two pulls saw the same 401) is harmless

@@ -119,6 +119,17 @@ def test_blocked_registry_refuses_mirrors_too():
         pull_sources(c, normalize("evil.io/app"))
 
 
+def test_mirror_blocked_in_its_own_entry_is_marked_and_the_rest_stay_in_order():
+    c = conf(
+        '[[registry]]\nlocation = "quay.io"\n'
+        '[[registry.mirror]]\nlocation = "bad.local:5000"\n'
+        '[[registry.mirror]]\nlocation = "good.local"\n'
+        '[[registry]]\nlocation = "bad.local:5000"\nblocked = true\n'
+    )
+    got = [(s.reference.domain, s.mirror, s.blocked) for s in pull_sources(c, normalize("quay.io/app:1"))]
+    assert got == [("bad.local:5000", True, True), ("good.local", True, False), ("quay.io", False, False)]
+
+
 def test_short_name_uses_search_registries_in_order():
     c = conf('unqualified-search-registries = ["quay.io", "docker.io"]\n')
     assert [str(r) for r in candidates(c, parse_reference("app:1"))] == [

@@ -165,10 +165,15 @@ class Registry:
         client_cert_required: bool = False,
         schema1: bool = False,
         relative_urls: bool = False,
+        auth_config: dict[str, object] | None = None,
+        client_auth: httpx.Auth | None = None,
     ) -> None:
         if not REGISTRY_BINARY.exists():
             raise RegistryStartError(f"{REGISTRY_BINARY} missing: apt-get install docker-registry")
         self.auth = auth
+        # Another `auth:` section (token auth) and how test clients then authenticate.
+        self._auth_config = auth_config
+        self._client_auth = client_auth
         self.workdir = Path(tempfile.mkdtemp(prefix="criplex-registry-"))
         self.storage = self.workdir / "storage"
         self.storage.mkdir()
@@ -252,6 +257,8 @@ class Registry:
         if self.auth is not None:
             htpasswd = make_htpasswd(self.workdir / "htpasswd", self.auth)
             config["auth"] = {"htpasswd": {"realm": "criplex-test", "path": str(htpasswd)}}
+        if self._auth_config is not None:
+            config["auth"] = self._auth_config
         if self._schema1:
             config["compatibility"] = {"schema1": {"enabled": True}}
         return config
@@ -282,6 +289,20 @@ class Registry:
         except RegistryStartError:
             self._finalizer()
             raise
+
+    def restart(self) -> None:
+        """Stop the process and start it again on the same port and storage, re-reading its config files."""
+        assert self._proc is not None and self._finalizer is not None
+        self._finalizer.detach()
+        _kill_and_clean(self._proc, None)
+        try:
+            self._start()
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        assert self._finalizer is not None and self._proc is not None
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _kill_and_clean, self._proc, self.workdir)
 
     def _wait_ready(self) -> None:
         """Poll GET /v2/ until it answers: 200 anonymous, 401 when auth is on."""
@@ -319,7 +340,7 @@ class Registry:
         """An httpx client for this registry: base URL, CA trust, client cert, credentials."""
         return httpx.Client(
             base_url=self.url,
-            auth=self.auth.as_httpx() if (auth and self.auth) else None,
+            auth=(self._client_auth or (self.auth.as_httpx() if self.auth else None)) if auth else None,
             verify=self.ssl_context(),
             timeout=timeout,
         )

@@ -15,9 +15,11 @@ from pathlib import Path
 import grpc
 
 from services.cli import supervisor_env, supervisorctl_argv
+from shared import daemon_cgroups
 from shared.config import load_config
 from shared.cri import api_pb2
 from shared.cri.client import CriClient
+from shared.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,7 +112,15 @@ class CriplexRun:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         unmount_below(self.base)
+        self.remove_daemon_cgroups()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def remove_daemon_cgroups(self) -> bool:
+        """The daemons' cgroups, once empty (runs that share a cgroup parent leave the busy ones)."""
+        try:
+            return daemon_cgroups.remove_all(load_config(str(self.config_file)))
+        except (OSError, ConfigError):
+            return False
 
     def __enter__(self) -> CriplexRun:
         return self.start()

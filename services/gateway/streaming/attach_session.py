@@ -16,7 +16,8 @@ import logging
 import os
 import socket
 
-from services.gateway.streaming.connection import Stream, StreamClosed
+from services.gateway.streaming.channel import Channel
+from services.gateway.streaming.connection import StreamClosed
 from services.gateway.streaming.remotecommand import Channels, SessionFailed, TerminalSize, report, terminal_sizes
 from shared.schema.streamd import AttachSession
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _STDOUT, _STDERR = 2, 3
 _PACKET_MAX = 64 * 1024
+_BATCH = 256 * 1024
 
 
 async def run_attach(request: AttachSession, channels: Channels) -> None:
@@ -54,15 +56,33 @@ async def run_attach(request: AttachSession, channels: Channels) -> None:
 async def _copy_out(sock: socket.socket, channels: Channels) -> None:
     loop = asyncio.get_running_loop()
     while packet := await loop.sock_recv(sock, _PACKET_MAX):
-        target = {_STDOUT: channels.stdout, _STDERR: channels.stderr}.get(packet[0])
-        if target is None:  # stderr without a stderr stream (a tty merges it), or an unknown pipe
-            target = channels.stdout
-        if target is not None and len(packet) > 1:
+        # conmon sends at most 8 KiB a packet: gather what is already queued for the same pipe
+        # into one frame, so a fast writer costs one write and one drain per _BATCH, not per packet.
+        target = _target_of(packet, channels)
+        batch = [packet[1:]]
+        size = len(packet) - 1
+        while size < _BATCH:
+            try:
+                more = sock.recv(_PACKET_MAX, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not more or _target_of(more, channels) is not target:
+                break
+            more = sock.recv(_PACKET_MAX)
+            batch.append(more[1:])
+            size += len(more) - 1
+        if target is not None and size:
             with contextlib.suppress(StreamClosed):
-                await target.write(packet[1:])
+                await target.write(b"".join(batch) if len(batch) > 1 else batch[0])
 
 
-async def _copy_in(stream: Stream, sock: socket.socket) -> None:
+def _target_of(packet: bytes, channels: Channels) -> Channel | None:
+    target = {_STDOUT: channels.stdout, _STDERR: channels.stderr}.get(packet[0])
+    # stderr without a stderr stream (a tty merges it), or an unknown pipe
+    return target if target is not None else channels.stdout
+
+
+async def _copy_in(stream: Channel, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     try:
         while chunk := await stream.read():
@@ -72,7 +92,7 @@ async def _copy_in(stream: Stream, sock: socket.socket) -> None:
         log.info("attach stdin ended: %s", exc)
 
 
-async def _apply_resizes(stream: Stream, ctl_fifo: str) -> None:
+async def _apply_resizes(stream: Channel, ctl_fifo: str) -> None:
     async for size in terminal_sizes(stream):
         await asyncio.to_thread(write_resize, ctl_fifo, size)
 

@@ -27,7 +27,8 @@ import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.gateway.streaming.connection import Stream, StreamClosed
+from services.gateway.streaming.channel import Channel
+from services.gateway.streaming.connection import StreamClosed
 from services.gateway.streaming.remotecommand import Channels, TerminalSize, report, terminal_sizes
 from shared.schema.streamd import ExecSession
 
@@ -95,13 +96,13 @@ async def _run_with_pipes(request: ExecSession, channels: Channels, pid_file: Pa
     return proc
 
 
-async def _copy_out(source: asyncio.StreamReader, stream: Stream) -> None:
+async def _copy_out(source: asyncio.StreamReader, stream: Channel) -> None:
     with contextlib.suppress(StreamClosed):
         while chunk := await source.read(_READ_SIZE):
             await stream.write(chunk)
 
 
-async def _copy_in(stream: Stream, sink: asyncio.StreamWriter) -> None:
+async def _copy_in(stream: Channel, sink: asyncio.StreamWriter) -> None:
     try:
         while chunk := await stream.read():
             sink.write(chunk)
@@ -150,13 +151,13 @@ async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path
     return proc
 
 
-async def _copy_from_pty(master: int, stream: Stream) -> None:
+async def _copy_from_pty(master: int, stream: Channel) -> None:
     with contextlib.suppress(StreamClosed):
         while chunk := await _read_fd(master):
             await stream.write(chunk)
 
 
-async def _copy_to_pty(stream: Stream, master: int) -> None:
+async def _copy_to_pty(stream: Channel, master: int) -> None:
     while chunk := await stream.read():
         await _write_fd(master, chunk)
 

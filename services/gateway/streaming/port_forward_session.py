@@ -18,7 +18,8 @@ import socket
 from dataclasses import dataclass, field
 
 from services.gateway.streaming import spdy
-from services.gateway.streaming.connection import SpdySession, Stream, StreamClosed
+from services.gateway.streaming.channel import Channel, ChannelSource
+from services.gateway.streaming.connection import StreamClosed
 from services.gateway.streaming.netns_dial import dial_localhost
 from shared.schema.streamd import PortForwardSession
 
@@ -36,12 +37,12 @@ def is_port_forward_stream(headers: spdy.Headers) -> bool:
 @dataclass
 class _Pair:
     port: int
-    error: Stream | None = None
-    data: Stream | None = None
+    error: Channel | None = None
+    data: Channel | None = None
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-async def run_port_forward(request: PortForwardSession, session: SpdySession) -> None:
+async def run_port_forward(request: PortForwardSession, session: ChannelSource) -> None:
     pending: dict[str, _Pair] = {}
     async with asyncio.TaskGroup() as group:
         while (stream := await session.accept()) is not None:
@@ -69,7 +70,7 @@ async def run_port_forward(request: PortForwardSession, session: SpdySession) ->
                 pair.expiry.cancel()
 
 
-def _identify(stream: Stream) -> tuple[str, int, str]:
+def _identify(stream: Channel) -> tuple[str, int, str]:
     """(pairing key, port, problem)."""
     if not is_port_forward_stream(stream.headers):
         return "", 0, f"unknown stream type {stream.type!r:.40}"
@@ -97,7 +98,7 @@ async def _expire(pending: dict[str, _Pair], key: str) -> None:
             await stream.reset(spdy.RstStatus.CANCEL)
 
 
-async def _forward(netns_path: str, port: int, error: Stream, data: Stream) -> None:
+async def _forward(netns_path: str, port: int, error: Channel, data: Channel) -> None:
     error.discard_input()
     try:
         sock = await dial_localhost(netns_path, port)
@@ -129,7 +130,7 @@ async def _forward(netns_path: str, port: int, error: Stream, data: Stream) -> N
         await error.close()
 
 
-async def _client_to_pod(data: Stream, sock: socket.socket) -> None:
+async def _client_to_pod(data: Channel, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(OSError):
         while chunk := await data.read():
@@ -137,7 +138,7 @@ async def _client_to_pod(data: Stream, sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)  # the client is done sending: the pod sees end of input
 
 
-async def _pod_to_client(sock: socket.socket, data: Stream) -> None:
+async def _pod_to_client(sock: socket.socket, data: Channel) -> None:
     """Copy until the pod side closes; a reset by the pod raises OSError, a client gone ends it."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(StreamClosed):

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from services.gateway.streaming import spdy
-from services.gateway.streaming.connection import SpdySession, Stream, StreamClosed
+from services.gateway.streaming.channel import Channel, ChannelSource
+from services.gateway.streaming.connection import StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,13 @@ class TerminalSize:
 @dataclass
 class Channels:
     protocol: str
-    error: Stream
-    stdin: Stream | None = None
-    stdout: Stream | None = None
-    stderr: Stream | None = None
-    resize: Stream | None = None
+    error: Channel
+    stdin: Channel | None = None
+    stdout: Channel | None = None
+    stderr: Channel | None = None
+    resize: Channel | None = None
 
-    def all(self) -> list[Stream]:
+    def all(self) -> list[Channel]:
         return [s for s in (self.error, self.stdin, self.stdout, self.stderr, self.resize) if s is not None]
 
 
@@ -80,10 +81,10 @@ def is_remotecommand_stream(headers: spdy.Headers) -> bool:
     return headers.get("streamtype", "") in STREAM_TYPES
 
 
-async def collect_channels(session: SpdySession, protocol: str, wanted: Wanted,
+async def collect_channels(session: ChannelSource, protocol: str, wanted: Wanted,
                            timeout: float = _STREAMS_TIMEOUT_S) -> Channels:
     expected = wanted.stream_types(protocol)
-    found: dict[str, Stream] = {}
+    found: dict[str, Channel] = {}
     try:
         async with asyncio.timeout(timeout):
             while set(found) != expected:
@@ -146,7 +147,7 @@ async def report(channels: Channels, exit_code: int | None, message: str = "") -
         pass
 
 
-async def terminal_sizes(stream: Stream) -> AsyncIterator[TerminalSize]:
+async def terminal_sizes(stream: Channel) -> AsyncIterator[TerminalSize]:
     """The sizes the client sends: one JSON object per line, `{"Width": w, "Height": h}`
     (client-go's TerminalSize has no json tags, so the keys are capitalised)."""
     pending = b""

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from services.gateway.streaming import handshake
+from services.gateway.streaming import handshake, websocket
 from services.gateway.streaming.attach_session import run_attach
 from services.gateway.streaming.connection import SpdySession
 from services.gateway.streaming.exec_session import run_exec
@@ -24,7 +27,9 @@ from services.gateway.streaming.port_forward_session import is_port_forward_stre
 from services.gateway.streaming.remotecommand import (
     PROTOCOLS as REMOTECOMMAND_PROTOCOLS,
 )
+from services.gateway.streaming.remotecommand import V4 as REMOTECOMMAND_V4
 from services.gateway.streaming.remotecommand import (
+    Channels,
     SessionFailed,
     Wanted,
     collect_channels,
@@ -38,6 +43,8 @@ from shared.schema.streamd import AttachSession, ExecSession, PortForwardSession
 log = logging.getLogger(__name__)
 
 Prepared = ExecSession | AttachSession | PortForwardSession
+_Reader = asyncio.StreamReader | websocket.WsByteStream
+_Writer = asyncio.StreamWriter | websocket.WsByteStream
 _KIND_OF = {ExecSession: "exec", AttachSession: "attach", PortForwardSession: "portforward"}
 
 
@@ -112,24 +119,58 @@ class StreamServer:
             prepared = self.tokens.consume(incoming.token)
             if prepared is None or kind_of(prepared) != incoming.kind:
                 raise HttpRefusal(404, "404 page not found: unknown, expired or used token")
-            supported = (PORT_FORWARD_PROTOCOL,) if incoming.kind == "portforward" else REMOTECOMMAND_PROTOCOLS
-            protocol = handshake.negotiate(incoming, supported)
+            if incoming.websocket:
+                supported = (websocket.PORT_FORWARD_PROTOCOLS if incoming.kind == "portforward"
+                             else websocket.REMOTECOMMAND_PROTOCOLS)
+                protocol = handshake.negotiate_websocket(incoming, supported)
+                channel_forward = incoming.kind == "portforward" and protocol != websocket.SPDY_TUNNEL
+                ports = _query_ports(incoming) if channel_forward else ()
+            else:
+                supported = (PORT_FORWARD_PROTOCOL,) if incoming.kind == "portforward" else REMOTECOMMAND_PROTOCOLS
+                protocol = handshake.negotiate(incoming, supported)
         except HttpRefusal as refusal:
             log.info("refusing a streaming request: %d %s", refusal.status, refusal.message)
             writer.write(handshake.refusal_bytes(conn, refusal))
             await writer.drain()
             return
+        pass  # _tune(writer)
+        leftover = bytes(conn.trailing_data[0])
+        if incoming.websocket:
+            writer.write(handshake.websocket_upgrade_bytes(conn, incoming, protocol))
+            await writer.drain()
+            await self._serve_websocket(websocket.WebSocket(reader, writer, leftover), prepared, protocol, ports)
+            return
         writer.write(handshake.upgrade_bytes(conn, protocol))
         await writer.drain()
-        leftover, _closed = conn.trailing_data
-        accepts = is_port_forward_stream if isinstance(prepared, PortForwardSession) else is_remotecommand_stream
-        session = SpdySession(reader, writer, idle_timeout=self._config.idle_timeout, accept_stream=accepts,
-                              initial=bytes(leftover))
-        await self._run_session(session, prepared, protocol)
+        await self._serve_spdy(reader, writer, prepared, protocol, leftover)
 
-    async def _run_session(self, session: SpdySession, prepared: Prepared, protocol: str) -> None:
+    async def _serve_spdy(self, reader: _Reader, writer: _Writer, prepared: Prepared, protocol: str,
+                          leftover: bytes = b"") -> None:
+        accepts = is_port_forward_stream if isinstance(prepared, PortForwardSession) else is_remotecommand_stream
+        session = SpdySession(reader, writer, idle_timeout=self._config.idle_timeout,  # type: ignore[arg-type]
+                              accept_stream=accepts, initial=leftover)
+        await self._run_session(session, self._work(session, prepared, protocol), prepared)
+
+    async def _serve_websocket(self, ws: websocket.WebSocket, prepared: Prepared, protocol: str,
+                               ports: tuple[int, ...]) -> None:
+        if protocol == websocket.SPDY_TUNNEL:
+            tunnel = websocket.WsByteStream(ws)
+            await self._serve_spdy(tunnel, tunnel, prepared, PORT_FORWARD_PROTOCOL)
+            return
+        if isinstance(prepared, PortForwardSession):
+            layout = websocket.port_forward_channels(ports)
+        else:
+            wanted = Wanted(prepared.stdin, prepared.stdout, prepared.stderr, prepared.tty)
+            # The WebSocket subprotocols carry v4's stream set and its Status on the error channel.
+            layout = websocket.remotecommand_channels(wanted.stream_types(REMOTECOMMAND_V4))
+        session = websocket.WsChannelSession(ws, layout, idle_timeout=self._config.idle_timeout,
+                                             half_close=protocol == websocket.V5)
+        await self._run_session(session, self._work_over_channels(session, prepared, ports), prepared)
+
+    async def _run_session(self, session: SpdySession | websocket.WsChannelSession,
+                           work: Coroutine[Any, Any, None], prepared: Prepared) -> None:
         serving = asyncio.create_task(session.serve())
-        working = asyncio.create_task(self._work(session, prepared, protocol))
+        working = asyncio.create_task(work)
         try:
             await asyncio.wait({serving, working}, return_when=asyncio.FIRST_COMPLETED)
             if working.done():
@@ -154,6 +195,25 @@ class StreamServer:
         except SessionFailed as exc:
             log.info("%s session for %s: %s", kind_of(prepared), prepared.container_id, exc)
             return
+        await self._remote_command(prepared, channels)
+
+    async def _work_over_channels(self, session: websocket.WsChannelSession, prepared: Prepared,
+                                  ports: tuple[int, ...]) -> None:
+        if isinstance(prepared, PortForwardSession):
+            # The kubelet opens each channel by writing its port on it.
+            for number, channel in session.channels.items():
+                await session.send(number, websocket.port_prefix(int(channel.headers["port"])))
+            await run_port_forward(prepared, session)
+            return
+        await session.send(websocket.first_writable({c.id: c.headers for c in session.channels.values()}), b"")
+        found = {channel.type: channel for channel in session.channels.values()}
+        channels = Channels(REMOTECOMMAND_V4, **found)
+        for channel in (channels.error, channels.stdout, channels.stderr):
+            if channel is not None:
+                channel.discard_input()
+        await self._remote_command(prepared, channels)
+
+    async def _remote_command(self, prepared: ExecSession | AttachSession, channels: Channels) -> None:
         try:
             if isinstance(prepared, ExecSession):
                 await run_exec(prepared, channels, self._scratch)
@@ -164,6 +224,30 @@ class StreamServer:
         except OSError as exc:
             log.warning("%s session for %s failed: %s", kind_of(prepared), prepared.container_id, exc)
             await report(channels, None, f"{kind_of(prepared)} failed: {exc}")
+
+
+def _query_ports(request: handshake.StreamingRequest) -> tuple[int, ...]:
+    """The kubelet's port-forward over WebSocket channels names its ports in the query."""
+    if not request.ports:
+        raise HttpRefusal(400, "port-forward over WebSocket channels needs at least one port query parameter")
+    ports = []
+    for text in request.ports:
+        try:
+            port = int(text)
+        except ValueError:
+            raise HttpRefusal(400, f"bad port {text[:20]!r}") from None
+        if not 0 < port < 65536:
+            raise HttpRefusal(400, f"port {port} out of range")
+        ports.append(port)
+    return tuple(ports)
+
+
+def _tune(writer: asyncio.StreamWriter) -> None:
+    # Interactive sessions want each keystroke out at once; bulk copies write large chunks anyway.
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _target(prepared: Prepared) -> str:

@@ -1,0 +1,146 @@
+"""Pod starts during a pull storm, criplex beside containerd in the same run.
+
+Each runtime starts kubelet-shaped pods (bench/pods.py) on an idle node, then again while
+8 pulls of distinct ~200 MB images (incompressible layers, so every byte is downloaded,
+hashed and unpacked) run at once. criplex runs twice: as configured by default (daemon
+cgroups, the gateway's pull bound) and with both turned off, to show what they buy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.pods import Pods, Target, cleaned, containerd, criplex_toml, pull
+from shared.cri import api_pb2, api_pb2_grpc
+from tests.support.images import build_busybox_image
+from tests.support.layers import random_layer
+from tests.support.push import push
+from tests.support.registry import Registry
+from tests.support.runtime import CriplexRun
+
+STORM_PULLS = 8
+LAYERS, LAYER_BYTES = 4, 50 * 1024 * 1024
+WARM_UP, IDLE_PODS, MAX_STORM_PODS = 3, 15, 40
+RAMP_S = 1.0  # lets every pull get past its manifest and into its downloads before the first storm pod
+GOAL = 1.5
+
+
+@dataclass(frozen=True)
+class StormFigures:
+    runtime: str
+    idle_s: list[float]
+    storm_s: list[float]
+    pulls_wall_s: float
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+async def _measure(target: Target, image: str, storm_refs: list[str], log_root: Path) -> StormFigures:
+    async with grpc.aio.insecure_channel(f"unix://{target.socket}") as channel:
+        pods = Pods(target.name, api_pb2_grpc.RuntimeServiceStub(channel), image, log_root, target.cgroup_parent)
+        images = api_pb2_grpc.ImageServiceStub(channel)
+        try:
+            for _ in range(WARM_UP):
+                await pods.start()
+            await pods.stop_all()
+            idle = [(await pods.start()).ready_s for _ in range(IDLE_PODS)]
+            await pods.stop_all()
+            started = time.perf_counter()
+            pulls = [asyncio.ensure_future(images.PullImage(
+                api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=1800)) for ref in storm_refs]
+            await asyncio.sleep(RAMP_S)
+            storm: list[float] = []
+            while not all(p.done() for p in pulls) and len(storm) < MAX_STORM_PODS:
+                storm.append((await pods.start()).ready_s)
+            await asyncio.gather(*pulls)
+            return StormFigures(target.name, idle, storm, time.perf_counter() - started)
+        finally:
+            await pods.stop_all()
+
+
+@contextmanager
+def criplex(registry: Registry, work: Path, pause: str, name: str, capped: bool) -> Iterator[Target]:
+    etc = Path(tempfile.mkdtemp(dir=work))
+    parent = f"/bench-criplex-{uuid.uuid4().hex[:8]}"
+    uncapped = "" if capped else "[gateway]\nmax_concurrent_pulls = 64\n"
+    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc") + uncapped)
+    daemon_parent = f"/bench-criplex-daemons-{uuid.uuid4().hex[:8]}" if capped else ""
+    text = run.config_file.read_text()
+    run.config_file.write_text(text.replace("[paths]\n", f'[paths]\ndaemon_cgroup_parent = "{daemon_parent}"\n', 1))
+    target = Target(name, str(run.socket), run.base, b"conmon",
+                    lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
+    with cleaned(target, run.stop):
+        run.start()
+        yield target
+
+
+def _push_storm_images(registry: Registry) -> list[str]:
+    refs = []
+    for i in range(STORM_PULLS):
+        # Built and pushed one at a time: only one image's layers are ever in memory.
+        layers = [random_layer(LAYER_BYTES, seed=7000 + i * LAYERS + n) for n in range(LAYERS)]
+        push(registry, f"bench/storm-{i}:1", build_busybox_image(layers))
+        refs.append(f"{registry.host}/bench/storm-{i}:1")
+    return refs
+
+
+def report(figures: list[StormFigures]) -> None:
+    size_mb = LAYERS * LAYER_BYTES / 1e6
+    print(f"## Pull storm: pod-ready during {STORM_PULLS} concurrent pulls of distinct ~{size_mb:.0f} MB images\n")
+    print("Pod-ready = RunPodSandbox + CreateContainer + StartContainer of one kubelet-shaped pod, sequentially;"
+          f" idle: {IDLE_PODS} pods; storm: pods started one after another while the pulls run.\n")
+    print("| runtime | idle p50 ms | storm p50 ms | storm p90 ms | storm / idle p50 | pods in storm "
+          "| 8 pulls wall s |\n|---|---|---|---|---|---|---|")
+    for f in figures:
+        ratio = p50(f.storm_s) / p50(f.idle_s) if f.storm_s else float("nan")
+        storm50 = f"{p50(f.storm_s) * 1000:.0f}" if f.storm_s else "-"
+        storm90 = f"{p90(f.storm_s) * 1000:.0f}" if f.storm_s else "-"
+        print(f"| {f.runtime} | {p50(f.idle_s) * 1000:.0f} | {storm50} | {storm90} | {ratio:.2f}\N{MULTIPLICATION SIGN}"
+              f" | {len(f.storm_s)} | {f.pulls_wall_s:.1f} |")
+    ours = figures[0]
+    if ours.storm_s:
+        ratio = p50(ours.storm_s) / p50(ours.idle_s)
+        verdict = "met" if ratio <= GOAL else "NOT met"
+        print(f"\nGoal: criplex's storm p50 \N{LESS-THAN OR EQUAL TO} {GOAL}\N{MULTIPLICATION SIGN} its idle p50: "
+              f"{ratio:.2f}\N{MULTIPLICATION SIGN}, {verdict}.")
+    print()
+
+
+def run() -> None:
+    registry = Registry()
+    work = Path(tempfile.mkdtemp(prefix="bench-storm-", dir="/tmp"))
+    try:
+        push(registry, "bench/busybox:1", build_busybox_image())
+        push(registry, "bench/pause:1", build_busybox_image(cmd=("sleep", "2147483647")))
+        image, pause = f"{registry.host}/bench/busybox:1", f"{registry.host}/bench/pause:1"
+        storm_refs = _push_storm_images(registry)
+        figures = []
+        for name, capped in (("criplex", True), ("criplex, no caps", False)):
+            with criplex(registry, work, pause, name, capped) as target:
+                pull(target.socket, image, pause)
+                figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
+        with containerd(registry, pause) as target:
+            pull(target.socket, image, pause)
+            figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
+        report(figures)
+    finally:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)

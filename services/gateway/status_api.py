@@ -1,0 +1,122 @@
+"""The status API's routes, as CRI-O's `crio status` serves them: /info, /config, /containers/:id,
+and /pause/:id, /unpause/:id.
+
+Answers come from the gateway's view and its health monitor, never from a round trip, except
+pause and unpause, which monitord carries out with `runc pause` / `runc resume`. The HTTP side
+(h11 on a unix socket) is in `status_server.py`; this module maps a method and a path to a
+`StatusReply`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import Code, CriplexError, NotFound
+from shared.schema.monitord import PAUSE_CONTAINER, UNPAUSE_CONTAINER, ContainerRecord, ContainerRef
+
+if TYPE_CHECKING:
+    from services.gateway.app import Gateway
+
+# CRI-O reports the identity mapping over the whole 32-bit range when no user namespace
+# remapping is configured; criplex never remaps.
+_FULL_RANGE = [{"container_id": 0, "host_id": 0, "size": 4294967295}]
+_CALL_TIMEOUT_S = 30.0
+_HTTP_STATUS = {Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 409, Code.INVALID_ARGUMENT: 400,
+                Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504}
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @staticmethod
+    def json(value: Any, status: int = 200) -> StatusReply:
+        return StatusReply(status, json.dumps(value).encode() + b"\n")
+
+    @staticmethod
+    def error(status: int, message: str) -> StatusReply:
+        return StatusReply(status, message.encode() + b"\n", "text/plain; charset=utf-8")
+
+
+async def route(gw: Gateway, method: str, path: str, started_at: float) -> StatusReply:
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if method == "GET" and parts == ["info"]:
+        return StatusReply.json(info(gw, started_at))
+    if method == "GET" and parts == ["config"]:
+        return StatusReply(200, gw.config.to_toml().encode(), "application/toml")
+    if method == "GET" and len(parts) == 2 and parts[0] == "containers":
+        found = container_info(gw, parts[1])
+        return StatusReply.json(found) if found is not None else StatusReply.error(
+            404, f"container {parts[1]} not found")
+    if method == "POST" and len(parts) == 2 and parts[0] in ("pause", "unpause"):
+        return await pause(gw, parts[1], parts[0] == "pause")
+    known = parts[:1] in (["info"], ["config"], ["containers"], ["pause"], ["unpause"])
+    return StatusReply.error(405 if known else 404, f"{method} {path}: no such route")
+
+
+def info(gw: Gateway, started_at: float) -> dict[str, Any]:
+    now = time.time()
+    daemons: dict[str, Any] = {"gateway": {"pid": os.getpid(), "uptime_s": round(now - started_at, 3),
+                                           "restarts": 0, "ready": True, "connected": True}}
+    for st in gw.health.states():
+        health = st.health
+        daemons[st.service] = {
+            "pid": health.pid if health else 0,
+            "uptime_s": round(now - health.started_at, 3) if health else 0.0,
+            # Starts the gateway has seen announced, less the first: restarts since the gateway started.
+            "restarts": max(st.starts_seen - 1, 0),
+            "ready": st.ready,
+            "connected": st.connected,
+            "reason": health.reason if health else st.error,
+        }
+    return {
+        "storage_driver": "overlay",
+        "storage_image": "",
+        "storage_root": str(gw.config.state_dir("storaged")),
+        "cgroup_driver": gw.config.monitord.cgroup_manager,
+        "default_id_mappings": {"uids": _FULL_RANGE, "gids": _FULL_RANGE},
+        "daemons": daemons,
+    }
+
+
+def container_info(gw: Gateway, id_: str) -> dict[str, Any] | None:
+    """CRI-O's ContainerInfo for one container of the view; None when there is none."""
+    record = gw.view.container(id_)
+    if record is None:
+        return None
+    config = gw.view.container_config(record)
+    sandbox = gw.view.sandbox(record.sandbox_id)
+    return {
+        "name": record.name,
+        "pid": record.pid,
+        "image": config.image.image or record.image_id,
+        "image_ref": record.image_ref,
+        "created_time": record.created_at,
+        "labels": dict(config.labels),
+        "annotations": dict(config.annotations),
+        "crio_annotations": {},
+        "log_path": record.log_path,
+        "root": record.rootfs,
+        "sandbox": record.sandbox_id,
+        "ip_addresses": list(sandbox.ips) if sandbox is not None else [],
+        "state": record.state.value,
+        "paused": record.paused,
+    }
+
+
+async def pause(gw: Gateway, id_: str, frozen: bool) -> StatusReply:
+    method = PAUSE_CONTAINER if frozen else UNPAUSE_CONTAINER
+    try:
+        if gw.view.container(id_) is None:
+            raise NotFound(f"container {id_} not found")
+        record: ContainerRecord = await gw.monitord.call(method, ContainerRef(id_), _CALL_TIMEOUT_S)
+    except CriplexError as exc:
+        return StatusReply.error(_HTTP_STATUS.get(exc.code, 500), exc.message)
+    gw.view.apply_container(record)
+    return StatusReply.json({"id": record.id, "paused": record.paused})

@@ -1,0 +1,352 @@
+"""Streaming sessions over WebSocket (RFC 6455, framed by wsproto), as newer clients speak them.
+
+Two shapes, both ending in the channels the session logic already uses (channel.py):
+
+- Channel subprotocols (`v5.channel.k8s.io`, `v4.channel.k8s.io`, and the kubelet's
+  port-forward format): every binary message is one channel byte then payload. The channels
+  are fixed by the subprotocol and the request, so they all exist from the start. Exec and
+  attach use 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; port-forward uses, for the i-th
+  `port` in the query, data 2i and error 2i+1, each opened by the server writing the port as
+  2 bytes little-endian. v5 adds the message [255, channel], which half-closes that channel
+  (how a v5 client ends stdin); a v4 client's stdin ends only with the connection.
+  (apimachinery util/httpstream/wsstream, kubelet cri/streaming remotecommand/portforward.)
+- `SPDY/3.1+portforward.k8s.io`: the whole SPDY session, its bytes carried in binary messages
+  with no channel byte (client-go tools/portforward TunnelingConnection). `WsByteStream`
+  makes that look like the reader/writer pair SpdySession runs on.
+
+Frames are encoded and written in one synchronous step, as connection.py does, so writers
+from many tasks never interleave inside a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Iterable
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+
+from services.gateway.streaming import spdy
+from services.gateway.streaming.connection import StreamClosed
+
+log = logging.getLogger(__name__)
+
+V5 = "v5.channel.k8s.io"
+V4 = "v4.channel.k8s.io"
+SPDY_TUNNEL = "SPDY/3.1+portforward.k8s.io"
+REMOTECOMMAND_PROTOCOLS = (V5, V4)
+# "" is the kubelet's: a port-forward client that offers no subprotocol gets the channel format.
+PORT_FORWARD_PROTOCOLS = (SPDY_TUNNEL, V4, "")
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
+CLOSE_SIGNAL = 255
+_REMOTECOMMAND_CHANNELS = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR, "resize": RESIZE}
+
+_READ_SIZE = 256 * 1024
+_INBOUND_CHUNKS = 64
+
+
+class WebSocket:
+    """The server side of an accepted WebSocket: binary payload in, binary messages out.
+
+    Pings are answered and the closing handshake completed here, so callers see only data."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes = b"") -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ws = Connection(ConnectionType.SERVER)
+        if initial:
+            self._ws.receive_data(initial)
+        self.ended = False
+        self._in_message = False
+
+    async def receive(self) -> list[tuple[bytes, bool]] | None:
+        """The binary payload that arrived next, as (piece, starts a message) pairs; None at the end."""
+        while not self.ended:
+            pieces = self._drain_events()
+            if pieces:
+                return pieces
+            if self.ended:
+                break
+            data = await self._reader.read(_READ_SIZE)
+            self._ws.receive_data(data or None)
+        return None
+
+    def _drain_events(self) -> list[tuple[bytes, bool]]:
+        pieces: list[tuple[bytes, bool]] = []
+        for event in self._ws.events():
+            match event:
+                case BytesMessage(data=data, frame_finished=_, message_finished=finished):
+                    pieces.append((data, self._starts_message(finished)))
+                case TextMessage():
+                    # base64.channel.k8s.io is not offered, so text has no meaning here.
+                    log.info("ignoring a WebSocket text message")
+                case Ping():
+                    self._write(self._ws.send(event.response()))
+                case CloseConnection():
+                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                        self._write(self._ws.send(event.response()))
+                    self.ended = True
+        return pieces
+
+    def _starts_message(self, finished: bool) -> bool:
+        starts = not self._in_message
+        self._in_message = not finished
+        return starts
+
+    @property
+    def open(self) -> bool:
+        return self._ws.state is ConnectionState.OPEN
+
+    def send_nowait(self, data: bytes) -> None:
+        if not self.open:
+            raise ConnectionError("the WebSocket is closed")
+        self._write(self._ws.send(Message(data=data)))
+
+    async def send(self, data: bytes) -> None:
+        self.send_nowait(data)
+        await self._writer.drain()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
+        if self.open:
+            with contextlib.suppress(Exception):
+                self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self.ended = True
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
+
+class WsByteStream:
+    """The reader and writer SpdySession expects, over a WebSocket whose binary messages carry
+    a byte stream (the SPDY tunnel): each write is one message, reads concatenate messages."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+        self._pending: list[bytes] = []
+
+    async def read(self, _n: int = -1) -> bytes:
+        if not self._pending:
+            pieces = await self._ws.receive()
+            if pieces is None:
+                return b""
+            self._pending = [piece for piece, _start in pieces]
+        data = b"".join(self._pending)
+        self._pending = []
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._ws.send_nowait(data)
+        except ConnectionError:
+            raise
+        except Exception as exc:  # wsproto refuses to send once closing
+            raise ConnectionError(str(exc)) from None
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        # One message per SPDY frame; the header and its payload travel together.
+        self.write(b"".join(chunks))
+
+    async def drain(self) -> None:
+        await self._ws.drain()
+
+    def close(self) -> None:
+        self._closing = asyncio.ensure_future(self._ws.close())
+
+    async def wait_closed(self) -> None:
+        closing = getattr(self, "_closing", None)
+        if closing is not None:
+            await closing
+
+
+class WsChannel:
+    """One channel of a channel subprotocol, with the interface of a SPDY stream."""
+
+    def __init__(self, session: WsChannelSession, number: int, headers: spdy.Headers) -> None:
+        self._session = session
+        self.id = number
+        self.headers = headers
+        self._inbound: asyncio.Queue[bytes | None] = asyncio.Queue(_INBOUND_CHUNKS)
+        self._remote_done = False
+        self._end_pushed = False
+        self._discard = False
+        self.local_closed = False
+        self.was_reset = False
+
+    @property
+    def type(self) -> str:
+        return self.headers.get("streamtype", "")
+
+    async def read(self) -> bytes:
+        if self._remote_done and self._inbound.empty():
+            return b""
+        chunk = await self._inbound.get()
+        if chunk is None:
+            self._remote_done = True
+            return b""
+        return chunk
+
+    async def read_all(self, limit: int) -> bytes:
+        data = bytearray()
+        while chunk := await self.read():
+            data += chunk
+            if len(data) > limit:
+                break
+        return bytes(data)
+
+    async def write(self, data: bytes, fin: bool = False) -> None:
+        if self.local_closed or self._session.closed:
+            raise StreamClosed(f"channel {self.id} is closed")
+        if fin:
+            self.local_closed = True
+        try:
+            await self._session.send(self.id, data)
+        except ConnectionError as exc:
+            raise StreamClosed(f"channel {self.id}: {exc}") from None
+
+    async def close(self) -> None:
+        # Nothing goes on the wire: the kubelet never half-closes an output channel, and a v4
+        # client would read [255, n] as data. The connection's close ends them all.
+        self.local_closed = True
+
+    async def reset(self, status: spdy.RstStatus = spdy.RstStatus.CANCEL) -> None:
+        self.was_reset = True
+        self.local_closed = True
+        self._remote_ended()
+
+    def discard_input(self) -> None:
+        self._discard = True
+        while not self._inbound.empty():
+            self._inbound.get_nowait()
+        if self._end_pushed:
+            self._remote_done = True
+
+    async def _deliver(self, data: bytes) -> None:
+        if data and not self._discard and not self._end_pushed:
+            await self._inbound.put(data)
+
+    def _remote_ended(self) -> None:
+        if self._end_pushed:
+            return
+        self._end_pushed = True
+        try:
+            self._inbound.put_nowait(None)
+        except asyncio.QueueFull:
+            self._remote_done = True
+
+
+class WsChannelSession:
+    """A WebSocket carrying numbered channels. `serve()` reads until the client leaves or the
+    idle timeout passes; `accept()` hands out the channels, then None."""
+
+    def __init__(self, ws: WebSocket, channels: dict[int, spdy.Headers], *, idle_timeout: float,
+                 half_close: bool) -> None:
+        self._ws = ws
+        self.channels = {number: WsChannel(self, number, headers) for number, headers in channels.items()}
+        self._unaccepted = list(self.channels.values())
+        self._half_close = half_close
+        self._idle_timeout = idle_timeout
+        self._last_activity = time.monotonic()
+        self._served = asyncio.Event()
+        self._current: WsChannel | None = None
+        self.closed = False
+        self.end_reason = ""
+
+    async def accept(self) -> WsChannel | None:
+        return self._unaccepted.pop(0) if self._unaccepted else None
+
+    async def send(self, number: int, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionError("the WebSocket session is closed")
+        self._last_activity = time.monotonic()
+        await self._ws.send(bytes((number,)) + data)
+
+    async def serve(self) -> None:
+        watchdog = asyncio.create_task(self._watch_idle())
+        try:
+            while (pieces := await self._ws.receive()) is not None:
+                self._last_activity = time.monotonic()
+                for piece, starts in pieces:
+                    await self._dispatch(piece, starts)
+            self.end_reason = self.end_reason or "the client closed the connection"
+        except (ConnectionError, TimeoutError) as exc:
+            self.end_reason = self.end_reason or f"connection lost: {exc}"
+        finally:
+            watchdog.cancel()
+            for channel in self.channels.values():
+                channel._remote_ended()
+            self._served.set()
+
+    async def _dispatch(self, piece: bytes, starts: bool) -> None:
+        if starts:
+            if not piece:
+                self._current = None
+                return
+            number, piece = piece[0], piece[1:]
+            if number == CLOSE_SIGNAL and self._half_close:
+                if piece and (channel := self.channels.get(piece[0])) is not None:
+                    channel._remote_ended()
+                self._current = None
+                return
+            self._current = self.channels.get(number)
+            if self._current is None:
+                log.info("ignoring a message on unknown channel %d", number)
+        if self._current is not None:
+            await self._current._deliver(piece)
+
+    async def _watch_idle(self) -> None:
+        while True:
+            remaining = self._last_activity + self._idle_timeout - time.monotonic()
+            if remaining <= 0:
+                self.end_reason = f"idle for {self._idle_timeout:g} s"
+                log.info("closing a streaming session idle for %g s", self._idle_timeout)
+                await self.close()
+                return
+            await asyncio.sleep(remaining)
+
+    async def finish(self, grace: float = 2.0) -> None:
+        """The work is done: close the WebSocket (the client reads to the close, as client-go does)."""
+        del grace  # the close handshake is the client's cue; nothing to wait for before it
+        await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for channel in self.channels.values():
+            channel._remote_ended()
+        await self._ws.close()
+
+
+def remotecommand_channels(wanted_types: set[str]) -> dict[int, spdy.Headers]:
+    return {_REMOTECOMMAND_CHANNELS[kind]: {"streamtype": kind} for kind in wanted_types}
+
+
+def first_writable(channels: dict[int, spdy.Headers]) -> int:
+    """The channel the kubelet writes an empty message on to tell the client the session is up."""
+    return min(n for n in (STDOUT, STDERR, ERROR) if n in channels)
+
+
+def port_forward_channels(ports: tuple[int, ...]) -> dict[int, spdy.Headers]:
+    channels: dict[int, spdy.Headers] = {}
+    for index, port in enumerate(ports):
+        pair = {"port": str(port), "requestid": str(index)}
+        channels[2 * index] = {**pair, "streamtype": "data"}
+        channels[2 * index + 1] = {**pair, "streamtype": "error"}
+    return channels
+
+
+def port_prefix(port: int) -> bytes:
+    return struct.pack("<H", port)

@@ -1,0 +1,29 @@
+"""A criplex with a real pod, metrics on and the span ring on (the default), for the operator's tools."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pods.conftest import start_pods
+from tests.support.fixtures import PushedImage
+from tests.support.pods import Pods
+from tests.support.registry import Registry
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def observed(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Pods]:
+    port = free_port()
+    for pods in start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("operations"),
+                           extra_toml=f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {port}\n'):
+        pods.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
+        yield pods

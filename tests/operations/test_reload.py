@@ -1,0 +1,90 @@
+"""SIGHUP / `criplex reload`: live keys apply in every daemon without a restart; the rest is named in the log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from shared.cri import api_pb2
+from tests.operations.admin_support import cleaned, criplex, http
+from tests.pods.conftest import start_pods
+from tests.support.fixtures import PushedImage
+from tests.support.pods import Pods, container_config, sandbox_config
+from tests.support.registry import Registry
+from tests.support.runtime import wait_for
+
+RELOADING = ("gateway", "imaged", "storaged", "netd", "monitord", "streamd")
+
+
+@pytest.fixture(scope="module")
+def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Pods]:
+    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
+
+
+@pytest.fixture
+def pod(pods: Pods) -> Iterator[Pods]:
+    yield from cleaned(pods)
+
+
+def _reload(pods: Pods) -> None:
+    marks = {s: pods.run.log(s).count("configuration reloaded") for s in RELOADING}
+    pids = {s: pods.run.daemon_pid(s) for s in RELOADING}
+    out = criplex(pods.run, "reload")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for service in RELOADING:
+        wait_for(lambda s=service: pods.run.log(s).count("configuration reloaded") > marks[s], 10,
+                 f"{service} to reload")
+    assert {s: pods.run.daemon_pid(s) for s in RELOADING} == pids, "a reload must not restart anything"
+
+
+def _edit_config(pods: Pods, old: str, new: str) -> None:
+    text = pods.run.config_file.read_text()
+    assert old in text
+    pods.run.config_file.write_text(text.replace(old, new))
+
+
+def test_reload_turns_on_debug_logging_in_every_daemon(pods: Pods) -> None:
+    assert " DEBUG " not in pods.run.log("monitord")
+    pods.run.config_file.write_text(pods.run.config_file.read_text() + '[log]\nlevel = "debug"\n')
+    try:
+        _reload(pods)
+        for service in RELOADING:
+            assert " DEBUG " in pods.run.log(service), service
+        http(pods.run, "GET", "/info")
+        wait_for(lambda: "status API GET /info -> 200" in pods.run.log("gateway"), 5, "the gateway's debug line")
+    finally:
+        _edit_config(pods, '[log]\nlevel = "debug"\n', "")
+        _reload(pods)
+
+
+def test_a_runtime_handler_added_by_reload_runs_pods_and_a_removed_one_refuses_them(pod: Pods) -> None:
+    with pytest.raises(grpc.RpcError) as unknown:
+        pod.run_pod(sandbox_config(), handler="runc-new")
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _edit_config(pod, '[monitord.runtimes.runc-alt]\npath = "/usr/sbin/runc"\n',
+                 '[monitord.runtimes.runc-new]\npath = "/usr/sbin/runc"\n')
+    _reload(pod)
+    handlers = pod.client.runtime.Status(api_pb2.StatusRequest(), timeout=5).runtime_handlers
+    assert "runc-new" in [h.name for h in handlers] and "runc-alt" not in [h.name for h in handlers]
+    sid = pod.run_pod(sandbox_config(), handler="runc-new")
+    cid = pod.create(sid, container_config(pod.image, ["sleep", "300"]))
+    pod.start(cid)
+    pod.wait_state(cid, api_pb2.CONTAINER_RUNNING)
+    assert (pod.run.run_dir / "runtimes" / "runc-new" / cid).is_dir()
+    with pytest.raises(grpc.RpcError) as removed:
+        pod.run_pod(sandbox_config(), handler="runc-alt")
+    assert removed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_change_that_needs_a_restart_is_named_in_the_log(pods: Pods) -> None:
+    pods.run.config_file.write_text(pods.run.config_file.read_text() + "[transport]\nworkers = 32\n")
+    try:
+        _reload(pods)
+        assert "transport.workers changed; restart monitord to apply" in pods.run.log("monitord")
+        assert "transport.workers changed; restart gateway to apply" in pods.run.log("gateway")
+    finally:
+        _edit_config(pods, "[transport]\nworkers = 32\n", "")
+        _reload(pods)
