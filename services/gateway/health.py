@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 2.0
 _HEALTH_TIMEOUT_S = 1.0
+# A connected daemon that misses a health answer keeps its last one this long: a loop busy
+# starting 64 processes is slow, not broken, and must not turn the node NotReady. A lost
+# connection still counts at once.
+_STALE_AFTER_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,11 @@ class HealthMonitor:
         try:
             self._health[service] = await client.call(HEALTH, HealthRequest(), _HEALTH_TIMEOUT_S)
             self._errors[service] = ""
+            self._checked[service] = time.time()
         except CriplexError as exc:
-            self._health[service] = None
             self._errors[service] = exc.message
-        self._checked[service] = time.time()
+            if time.time() - self._checked[service] > _STALE_AFTER_S:
+                self._health[service] = None
 
     async def _watch_starts(self, service: str) -> None:
         sub = EventSubscriber(service, self._config, (STARTED_TOPIC,))

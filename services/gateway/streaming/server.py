@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
@@ -133,7 +132,6 @@ class StreamServer:
             writer.write(handshake.refusal_bytes(conn, refusal))
             await writer.drain()
             return
-        pass  # _tune(writer)
         leftover = bytes(conn.trailing_data[0])
         if incoming.websocket:
             writer.write(handshake.websocket_upgrade_bytes(conn, incoming, protocol))
@@ -240,14 +238,6 @@ def _query_ports(request: handshake.StreamingRequest) -> tuple[int, ...]:
             raise HttpRefusal(400, f"port {port} out of range")
         ports.append(port)
     return tuple(ports)
-
-
-def _tune(writer: asyncio.StreamWriter) -> None:
-    # Interactive sessions want each keystroke out at once; bulk copies write large chunks anyway.
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _target(prepared: Prepared) -> str:
