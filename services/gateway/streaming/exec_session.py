@@ -38,7 +38,8 @@ _READ_SIZE = 64 * 1024
 # After the command ends, its own background children may still hold the output open.
 _DRAIN_GRACE_S = 1.0
 _REAP_GRACE_S = 10.0
-_FIRST_SIZE_WAIT_S = 1.0
+# Clients send the size at once; a loaded machine (CI's 2 busy cores) can still take a moment.
+_FIRST_SIZE_WAIT_S = 5.0
 
 
 def exec_argv(request: ExecSession, pid_file: Path) -> list[str]:
