@@ -86,13 +86,13 @@ async def _measure(target: Target, image: str, storm_refs: list[str], log_root: 
 
 
 @contextmanager
-def criplex(registry: Registry, work: Path, pause: str, name: str, capped: bool, pull_bound: int = 0
-            ) -> Iterator[Target]:
+def criplex(registry: Registry, work: Path, pause: str, name: str, capped: bool, pull_bound: int = 0,
+            extra_toml: str = "") -> Iterator[Target]:
     etc = Path(tempfile.mkdtemp(dir=work))
     parent = f"/bench-criplex-{uuid.uuid4().hex[:8]}"
     bound = pull_bound if capped else 64
     uncapped = f"[gateway]\nmax_concurrent_pulls = {bound}\n" if bound else ""
-    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc") + uncapped)
+    run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc") + uncapped + extra_toml)
     daemon_parent = f"/bench-criplex-daemons-{uuid.uuid4().hex[:8]}" if capped else ""
     text = run.config_file.read_text()
     run.config_file.write_text(text.replace("[paths]\n", f'[paths]\ndaemon_cgroup_parent = "{daemon_parent}"\n', 1))
@@ -169,13 +169,14 @@ def run() -> None:
         image, pause = f"{registry.host}/bench/busybox:1", f"{registry.host}/bench/pause:1"
         storm_refs = _push_storm_images(registry)
         figures = []
-        for name, capped in (("criplex", True), ("criplex, no caps", False)):
-            with criplex(registry, work, pause, name, capped) as target:
+        with registry_aside(registry):
+            for name, capped in (("criplex", True), ("criplex, no caps", False)):
+                with criplex(registry, work, pause, name, capped) as target:
+                    pull(target.socket, image, pause)
+                    figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
+            with containerd(registry, pause) as target:
                 pull(target.socket, image, pause)
                 figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
-        with containerd(registry, pause) as target:
-            pull(target.socket, image, pause)
-            figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
         report(figures)
     finally:
         registry.stop()
