@@ -85,6 +85,12 @@ class CniRunner(Protocol):
     async def delete(self, network: PodNetwork) -> None:
         """Detach (CNI DEL) before the namespace is removed; must tolerate a half-made or gone netns."""
 
+    async def detach(self, network: PodNetwork) -> None:
+        """`delete` without forgetting the cached result (see `forget`)."""
+
+    async def forget(self, network: PodNetwork) -> None:
+        """Drop what `add` cached for a network `detach` removed."""
+
     def attached(self, network: PodNetwork) -> bool:
         """Whether the recorded network's ADD finished (False: netd died during it)."""
 
@@ -108,6 +114,12 @@ class LoopbackOnly:
         return
 
     async def delete(self, network: PodNetwork) -> None:
+        return
+
+    async def detach(self, network: PodNetwork) -> None:
+        return
+
+    async def forget(self, network: PodNetwork) -> None:
         return
 
     def attached(self, network: PodNetwork) -> bool:
@@ -211,6 +223,16 @@ class PluginChain:
             await run_plugin(plugin.type, plugin.path, invocation, env, stdin, self._tracing)
 
     async def delete(self, network: PodNetwork) -> None:
+        await self.detach(network)
+        await self.forget(network)
+
+    async def forget(self, network: PodNetwork) -> None:
+        """Drop the cached result of a network that `detach` removed."""
+        if network.cni_network:
+            await self._cache.drop_result(network.cni_network, network.sandbox_id, IFNAME)
+
+    async def detach(self, network: PodNetwork) -> None:
+        """CNI DEL through the chain, with the cached result when there is one."""
         if not network.cni_network:
             return  # attached with no CNI network (older records, or loopback only)
         cached = self._cache.result(network.cni_network, network.sandbox_id, IFNAME)
@@ -234,7 +256,6 @@ class PluginChain:
         await self._del_chain(config, invocation, capabilities, prev)
         if (cached is None or cached.result is None) and pinned:
             await remove_links_into(Path(network.netns_path))
-        await self._cache.drop_result(network.cni_network, network.sandbox_id, IFNAME)
 
     async def _del_chain(self, config: NetworkConfig, invocation: Invocation, capabilities: dict[str, Any],
                          prev: dict[str, Any] | None, tolerate_from: int | None = None) -> None:

@@ -140,10 +140,12 @@ class PodNetworks:
                 # No record, so no pin of ours either, except one a crash left mid-removal.
                 await remove_pinned(self.netns_dir / sandbox_id)
                 return False
-            await self._cni.delete(network)
-            # After DEL, the pin and the record can go together: a pin left without its record
-            # is removed at the next start, a record left without its pin is removed again.
-            await _all(remove_pinned(Path(network.netns_path)), self._records.delete(sandbox_id))
+            await self._cni.detach(network)
+            # After DEL, the cache entry, the pin and the record can go together: a pin left
+            # without its record is removed at the next start, a record left without its pin
+            # is removed again (its DEL finds nothing to do).
+            await _all(self._cni.forget(network), remove_pinned(Path(network.netns_path)),
+                       self._records.delete(sandbox_id))
             return True
 
 
