@@ -171,3 +171,31 @@ def _cmdline(pid: str) -> bytes:
             return f.read().replace(b"\0", b" ")
     except OSError:
         return b""
+
+
+def test_a_client_disconnecting_mid_stream_leaks_no_process_or_fd(pod):
+    """The client goes away while its command runs: the command, its `runc exec` and every fd
+    streamd opened for the session are gone afterwards."""
+    _, cid = pod.run_container(SLEEP)
+    streamd = pod.run.daemon_pid("streamd")
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{streamd}/fd"))
+
+    def runc_execs() -> list[str]:
+        return [p for p in os.listdir("/proc") if p.isdigit()
+                and b"runc" in _cmdline(p) and b" exec " in _cmdline(p) and cid.encode() in _cmdline(p)]
+
+    baseline = fds()
+
+    async def go() -> None:
+        session = await RemoteCommand.open(exec_url(pod, cid, ["sleep", "4343"]))
+        await asyncio.to_thread(wait_for, lambda: b"sleep 4343" in pod.exec(cid, ["ps"]).stdout, 20,
+                                "the command to run")
+        assert runc_execs(), "the session's runc exec should be running"
+        await session.client.close()
+
+    asyncio.run(go())
+    wait_for(lambda: b"sleep 4343" not in pod.exec(cid, ["ps"]).stdout and not runc_execs(), 20,
+             "the command and its runc exec to be gone")
+    wait_for(lambda: fds() <= baseline, 20, f"streamd's fds to return to {baseline}")
