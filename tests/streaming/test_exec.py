@@ -94,7 +94,9 @@ def test_exec_tty_with_crictl_under_a_pty(pod, crictl):
     master, slave = os.openpty()
     try:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-        proc = subprocess.Popen([*crictl, "exec", "-it", cid, "busybox", "stty", "size"],
+        # The pause: with `runc exec -t` in the foreground, the command can start before runc has
+        # copied the size onto the container's console (a race inside runc); a shell asks later.
+        proc = subprocess.Popen([*crictl, "exec", "-it", cid, "sh", "-c", "sleep 0.5; stty size"],
                                 stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
         slave = -1

@@ -8,9 +8,12 @@ session (the fixed set the subprotocol defines, then the end).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from services.gateway.streaming import spdy
+
+_INBOUND_CHUNKS = 64  # per channel; client-go writes at most 32 KiB a frame
 
 
 class Channel(Protocol):
@@ -37,3 +40,64 @@ class Channel(Protocol):
 
 class ChannelSource(Protocol):
     async def accept(self) -> Channel | None: ...
+
+
+class InboundChannel:
+    """What the client sends on one channel, queued for the session's reader: the half both
+    transports share. Subclasses add how writes, half-closes and resets reach the wire."""
+
+    def __init__(self, number: int, headers: spdy.Headers) -> None:
+        self.id = number
+        self.headers = headers
+        self._inbound: asyncio.Queue[bytes | None] = asyncio.Queue(_INBOUND_CHUNKS)
+        self._remote_done = False  # the reader has seen the end
+        self._end_pushed = False  # the transport has queued the end
+        self._discard = False
+        self.local_closed = False
+        self.was_reset = False
+
+    @property
+    def type(self) -> str:
+        return self.headers.get("streamtype", "")
+
+    async def read(self) -> bytes:
+        """The next chunk the client sent; b"" once it half-closed, reset, or went away."""
+        if self._remote_done and self._inbound.empty():
+            return b""
+        chunk = await self._inbound.get()
+        if chunk is None:
+            self._remote_done = True
+            return b""
+        return chunk
+
+    async def read_all(self, limit: int) -> bytes:
+        data = bytearray()
+        while chunk := await self.read():
+            data += chunk
+            if len(data) > limit:
+                break
+        return bytes(data)
+
+    def discard_input(self) -> None:
+        """Nothing will read this channel (stdout, error): drop what the client sends on it,
+        rather than let it fill the queue and stall the whole session."""
+        self._discard = True
+        while not self._inbound.empty():
+            self._inbound.get_nowait()
+        if self._end_pushed:
+            self._remote_done = True
+
+    # --- called by the session's reader -----------------------------------------------
+
+    async def _deliver(self, data: bytes) -> None:
+        if data and not self._discard and not self._end_pushed:
+            await self._inbound.put(data)
+
+    def _remote_ended(self) -> None:
+        if self._end_pushed:
+            return
+        self._end_pushed = True
+        try:
+            self._inbound.put_nowait(None)
+        except asyncio.QueueFull:
+            self._remote_done = True  # a reader drains what is queued, then sees the end

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 
 from services.gateway.streaming import spdy
+from services.gateway.streaming.channel import InboundChannel
 
 log = logging.getLogger(__name__)
 
-_INBOUND_CHUNKS = 64  # per stream; client-go writes at most 32 KiB a frame
 _READ_SIZE = 256 * 1024
 
 
@@ -30,39 +30,12 @@ class StreamClosed(Exception):
     """Writing to a stream that is half-closed by us, reset, or whose connection is gone."""
 
 
-class Stream:
+class Stream(InboundChannel):
+    """A SPDY stream: written as DATA frames, half-closed with FIN, reset with RST_STREAM."""
+
     def __init__(self, session: SpdySession, stream_id: int, headers: spdy.Headers) -> None:
+        super().__init__(stream_id, headers)
         self._session = session
-        self.id = stream_id
-        self.headers = headers
-        self._inbound: asyncio.Queue[bytes | None] = asyncio.Queue(_INBOUND_CHUNKS)
-        self._remote_done = False
-        self.local_closed = False
-        self.was_reset = False
-        self._remote_done_pushed = False
-        self._discard = False
-
-    @property
-    def type(self) -> str:
-        return self.headers.get("streamtype", "")
-
-    async def read(self) -> bytes:
-        """The next chunk the client sent; b"" once it half-closed, reset, or went away."""
-        if self._remote_done and self._inbound.empty():
-            return b""
-        chunk = await self._inbound.get()
-        if chunk is None:
-            self._remote_done = True
-            return b""
-        return chunk
-
-    async def read_all(self, limit: int) -> bytes:
-        data = bytearray()
-        while chunk := await self.read():
-            data += chunk
-            if len(data) > limit:
-                break
-        return bytes(data)
 
     async def write(self, data: bytes, fin: bool = False) -> None:
         if self.local_closed or self.was_reset or self._session.closed:
@@ -88,30 +61,6 @@ class Stream:
         self._remote_ended()
         with contextlib.suppress(ConnectionError):
             await self._session.send(spdy.RstStream(self.id, status))
-
-    # --- called by the session's reader -----------------------------------------------
-
-    def discard_input(self) -> None:
-        """Nothing will read this stream (stdout, error): drop what the client sends on it,
-        rather than let it fill the queue and stall the whole session."""
-        self._discard = True
-        while not self._inbound.empty():
-            self._inbound.get_nowait()
-        if self._remote_done_pushed:
-            self._remote_done = True
-
-    async def _deliver(self, data: bytes) -> None:
-        if not self._remote_done_pushed and data and not self._discard:
-            await self._inbound.put(data)
-
-    def _remote_ended(self) -> None:
-        if self._remote_done_pushed:
-            return
-        self._remote_done_pushed = True
-        try:
-            self._inbound.put_nowait(None)
-        except asyncio.QueueFull:
-            self._remote_done = True  # a reader drains what is queued, then sees the end
 
 
 class SpdySession:

@@ -32,6 +32,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMes
 from wsproto.frame_protocol import CloseReason
 
 from services.gateway.streaming import spdy
+from services.gateway.streaming.channel import InboundChannel
 from services.gateway.streaming.connection import StreamClosed
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ CLOSE_SIGNAL = 255
 _REMOTECOMMAND_CHANNELS = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR, "resize": RESIZE}
 
 _READ_SIZE = 256 * 1024
-_INBOUND_CHUNKS = 64
 
 
 class WebSocket:
@@ -171,40 +171,12 @@ class WsByteStream:
             await closing
 
 
-class WsChannel:
+class WsChannel(InboundChannel):
     """One channel of a channel subprotocol, with the interface of a SPDY stream."""
 
     def __init__(self, session: WsChannelSession, number: int, headers: spdy.Headers) -> None:
+        super().__init__(number, headers)
         self._session = session
-        self.id = number
-        self.headers = headers
-        self._inbound: asyncio.Queue[bytes | None] = asyncio.Queue(_INBOUND_CHUNKS)
-        self._remote_done = False
-        self._end_pushed = False
-        self._discard = False
-        self.local_closed = False
-        self.was_reset = False
-
-    @property
-    def type(self) -> str:
-        return self.headers.get("streamtype", "")
-
-    async def read(self) -> bytes:
-        if self._remote_done and self._inbound.empty():
-            return b""
-        chunk = await self._inbound.get()
-        if chunk is None:
-            self._remote_done = True
-            return b""
-        return chunk
-
-    async def read_all(self, limit: int) -> bytes:
-        data = bytearray()
-        while chunk := await self.read():
-            data += chunk
-            if len(data) > limit:
-                break
-        return bytes(data)
 
     async def write(self, data: bytes, fin: bool = False) -> None:
         if self.local_closed or self._session.closed:
@@ -225,26 +197,6 @@ class WsChannel:
         self.was_reset = True
         self.local_closed = True
         self._remote_ended()
-
-    def discard_input(self) -> None:
-        self._discard = True
-        while not self._inbound.empty():
-            self._inbound.get_nowait()
-        if self._end_pushed:
-            self._remote_done = True
-
-    async def _deliver(self, data: bytes) -> None:
-        if data and not self._discard and not self._end_pushed:
-            await self._inbound.put(data)
-
-    def _remote_ended(self) -> None:
-        if self._end_pushed:
-            return
-        self._end_pushed = True
-        try:
-            self._inbound.put_nowait(None)
-        except asyncio.QueueFull:
-            self._remote_done = True
 
 
 class WsChannelSession:
