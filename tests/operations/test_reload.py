@@ -88,3 +88,24 @@ def test_a_change_that_needs_a_restart_is_named_in_the_log(pods: Pods) -> None:
     finally:
         _edit_config(pods, "[transport]\nworkers = 32\n", "")
         _reload(pods)
+
+
+def test_reload_switches_imaged_to_another_registries_conf(pods: Pods, registry: Registry) -> None:
+    """`imaged.registries_conf` names another file: after the reload, its prefix rewrite resolves."""
+    old_path = next(line.split('"')[1] for line in pods.run.config_file.read_text().splitlines()
+                    if line.startswith("registries_conf ="))
+    new_path = pods.run.base / "reloaded-registries.conf"
+    new_path.write_text(f'[[registry]]\nprefix = "reloaded.example/app"\nlocation = "{registry.host}/criplex-test"\n'
+                        f'insecure = true\n')
+    name = "reloaded.example/app/busybox:latest"
+    pull = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=name))
+    # No pull before the reload: without the new file the name would send imaged to resolve
+    # reloaded.example, and tests reach nothing beyond loopback. imaged only ever reads the
+    # file its configuration names, so the pull below can succeed through the reload alone.
+    _edit_config(pods, f'registries_conf = "{old_path}"', f'registries_conf = "{new_path}"')
+    try:
+        _reload(pods)
+        assert pods.client.image.PullImage(pull, timeout=60).image_ref.startswith("sha256:")
+    finally:
+        _edit_config(pods, f'registries_conf = "{new_path}"', f'registries_conf = "{old_path}"')
+        _reload(pods)
