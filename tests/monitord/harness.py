@@ -165,6 +165,12 @@ class MonitordWorld:
                 raise TimeoutError(f"monitord (pid {self.proc.pid}) is not serving; see {self.base}/monitord.log")
             await asyncio.sleep(0.05)
 
+    async def restart_daemon(self, calls: Calls) -> None:
+        """Start monitord again (after kill_daemon) and wait until it answers `calls`' client."""
+        assert isinstance(calls.target, DaemonClient)
+        self.start_daemon()
+        await self.serving(calls.target)
+
     def kill_daemon(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -281,6 +287,18 @@ class Calls:
         record = await self.call(START_CONTAINER, ContainerRef(created.id))
         assert isinstance(record, ContainerRecord)
         return record
+
+
+@contextlib.asynccontextmanager
+async def as_daemon(world: MonitordWorld) -> AsyncIterator[Calls]:
+    """monitord as its own process, and calls to it over nng (what the gateway sees)."""
+    world.start_daemon()
+    client = world.client()
+    try:
+        await world.serving(client)
+        yield Calls(world, client)
+    finally:
+        client.close()
 
 
 @contextlib.asynccontextmanager

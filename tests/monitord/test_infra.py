@@ -35,6 +35,7 @@ from tests.monitord.harness import (
     CGROUP_CONTROLLERS,
     Calls,
     MonitordWorld,
+    as_daemon,
     container_config,
     eventually,
     image_record,
@@ -167,15 +168,10 @@ async def test_infra_process_killed_makes_the_pod_not_ready(world):
 
 
 async def test_infra_pod_stays_ready_across_a_monitord_kill_and_restart(world):
-    world.start_daemon()
-    client = world.client()
-    await world.serving(client)
-    try:
-        calls = Calls(world, client)
+    async with as_daemon(world) as calls:
         pod = await start_infra_pod(world, calls)
         world.kill_daemon()
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         after = await sandbox_state(calls, pod.id)
         assert (after.state, after.infra_pid) == (SandboxState.READY, pod.infra_pid)
         assert pid_alive(pod.infra_pid)
@@ -186,28 +182,19 @@ async def test_infra_pod_stays_ready_across_a_monitord_kill_and_restart(world):
 
         await calls.call(REMOVE_SANDBOX, SandboxRef(pod.id))
         assert not pid_alive(pod.infra_pid) and not runc_knows(world, pod.id)
-    finally:
-        client.close()
 
 
 async def test_infra_exit_while_monitord_is_down_makes_the_pod_not_ready_after_restart(world):
-    world.start_daemon()
-    client = world.client()
-    await world.serving(client)
-    try:
-        calls = Calls(world, client)
+    async with as_daemon(world) as calls:
         pod = await start_infra_pod(world, calls)
         world.kill_daemon()
         os.kill(pod.infra_pid, signal.SIGKILL)
         exit_file = world.run_dir / "monitord" / "exits" / pod.id
         await eventually(exit_file.exists, 10, "conmon to write the infra container's exit file")
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         assert (await sandbox_state(calls, pod.id)).state == SandboxState.NOTREADY
         assert not exit_file.exists()
         await calls.call(REMOVE_SANDBOX, SandboxRef(pod.id))
-    finally:
-        client.close()
 
 
 def test_infra_spec_has_its_own_pid_namespace_no_capabilities_and_the_pods_user(tmp_path):

@@ -13,7 +13,7 @@ from shared.schema.monitord import (
     ListStateRequest,
     StopContainerRequest,
 )
-from tests.monitord.harness import Calls, container_config, eventually, pid_alive
+from tests.monitord.harness import Calls, as_daemon, container_config, eventually, pid_alive
 
 
 async def _state(calls: Calls, container_id: str) -> ContainerRecord:
@@ -22,19 +22,14 @@ async def _state(calls: Calls, container_id: str) -> ContainerRecord:
 
 
 async def test_container_outlives_a_killed_monitord_and_its_exit_is_recorded_after_restart(world):
-    world.start_daemon()
-    client = world.client()
-    await world.serving(client)
-    try:
-        calls = Calls(world, client)
+    async with as_daemon(world) as calls:
         pod = await calls.ready_pod()
         record = await calls.run(pod, container_config(
             "survivor", ["sh", "-c", 'trap "exit 5" USR1; while true; do sleep 0.1; done']))
         world.kill_daemon()
         assert pid_alive(record.pid)
 
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         assert (await _state(calls, record.id)).state == ContainerState.RUNNING
         assert pid_alive(record.pid)
 
@@ -43,39 +38,25 @@ async def test_container_outlives_a_killed_monitord_and_its_exit_is_recorded_aft
         os.kill(record.pid, signal.SIGUSR1)
         exit_file = world.run_dir / "monitord" / "exits" / record.id
         await eventually(exit_file.exists, 10, "conmon to write the exit file")
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         ended = await _state(calls, record.id)
         assert (ended.state, ended.exit_code, ended.reason) == (ContainerState.EXITED, 5, "Error")
         assert not exit_file.exists()
-    finally:
-        client.close()
 
 
 async def test_exit_after_restart_is_seen_by_the_new_watcher(world):
-    world.start_daemon()
-    client = world.client()
-    await world.serving(client)
-    try:
-        calls = Calls(world, client)
+    async with as_daemon(world) as calls:
         pod = await calls.ready_pod()
         record = await calls.run(pod, container_config("sleeper", ["sh", "-c", "sleep 1000"]))
         world.kill_daemon()
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         stopped = await calls.call(STOP_CONTAINER, StopContainerRequest(record.id, 0))
         assert (stopped.state, stopped.exit_code) == (ContainerState.EXITED, 137)
-    finally:
-        client.close()
 
 
 async def test_lost_runtime_state_marks_the_container_exited(world):
     """After a reboot /run is empty: runc knows nothing, conmon is gone."""
-    world.start_daemon()
-    client = world.client()
-    await world.serving(client)
-    try:
-        calls = Calls(world, client)
+    async with as_daemon(world) as calls:
         pod = await calls.ready_pod()
         record = await calls.run(pod, container_config("ghost", ["sleep", "1000"]))
         world.kill_daemon()
@@ -87,10 +68,7 @@ async def test_lost_runtime_state_marks_the_container_exited(world):
         import subprocess
 
         subprocess.run(["runc", f"--root={world.runc_root}", "delete", "--force", record.id], check=True)
-        world.start_daemon()
-        await world.serving(client)
+        await world.restart_daemon(calls)
         lost = await _state(calls, record.id)
         assert (lost.state, lost.exit_code, lost.reason) == (ContainerState.EXITED, 255, "Error")
         assert "lost" in lost.message
-    finally:
-        client.close()
