@@ -99,11 +99,13 @@ def verbose_info(record: ContainerRecord) -> dict[str, str]:
     return {"info": json.dumps(plain, sort_keys=True)}
 
 
-def matches(record: ContainerRecord, config: api_pb2.ContainerConfig, f: api_pb2.ContainerFilter) -> bool:
+def matches(record: ContainerRecord, config: api_pb2.ContainerConfig,
+            f: api_pb2.ContainerFilter | api_pb2.ContainerStatsFilter) -> bool:
+    """Whether the record passes a ListContainers or a ListContainerStats filter (which has no state)."""
     if f.id and not record.id.startswith(f.id):
         return False
     if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
         return False
-    if f.HasField("state") and CRI_STATE[record.state] != f.state.state:
+    if isinstance(f, api_pb2.ContainerFilter) and f.HasField("state") and CRI_STATE[record.state] != f.state.state:
         return False
     return all(config.labels.get(k) == v for k, v in f.label_selector.items())

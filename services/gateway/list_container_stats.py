@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.gateway import stats
+from services.gateway import containers, stats
 from services.gateway.instrument import Call
 from shared.cri import api_pb2
 
@@ -15,14 +15,6 @@ if TYPE_CHECKING:
 async def list_container_stats(gw: Gateway, req: api_pb2.ListContainerStatsRequest, call: Call
                                ) -> api_pb2.ListContainerStatsResponse:
     await gw.view.wait_synced()
-    f = req.filter
-    records = []
-    for record in gw.view.visible_containers():
-        config = gw.view.container_config(record)
-        if f.id and not record.id.startswith(f.id):
-            continue
-        if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
-            continue
-        if all(config.labels.get(k) == v for k, v in f.label_selector.items()):
-            records.append(record)
+    view = gw.view
+    records = [r for r in view.visible_containers() if containers.matches(r, view.container_config(r), req.filter)]
     return api_pb2.ListContainerStatsResponse(stats=await stats.container_stats(gw, records, call.timeout))

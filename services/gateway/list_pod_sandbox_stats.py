@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.gateway import stats
+from services.gateway import sandboxes, stats
 from services.gateway.instrument import Call
 from shared.cri import api_pb2
 
@@ -15,14 +15,7 @@ if TYPE_CHECKING:
 async def list_pod_sandbox_stats(gw: Gateway, req: api_pb2.ListPodSandboxStatsRequest, call: Call
                                  ) -> api_pb2.ListPodSandboxStatsResponse:
     await gw.view.wait_synced()
-    f = req.filter
-    pods = []
-    for sandbox in gw.view.visible_sandboxes():
-        config = gw.view.sandbox_config(sandbox)
-        if f.id and not sandbox.id.startswith(f.id):
-            continue
-        if all(config.labels.get(k) == v for k, v in f.label_selector.items()):
-            pods.append(sandbox.id)
+    pods = [s.id for s in gw.view.visible_sandboxes() if sandboxes.matches(s, gw.view.sandbox_config(s), req.filter)]
     records = {c.id: c for c in gw.view.visible_containers() if c.sandbox_id in pods}
     per_container = await stats.container_stats(gw, list(records.values()), call.timeout)
     out = []

@@ -75,9 +75,11 @@ def verbose_info(record: SandboxRecord) -> dict[str, str]:
     return {"info": json.dumps(plain, sort_keys=True)}
 
 
-def matches(record: SandboxRecord, config: api_pb2.PodSandboxConfig, f: api_pb2.PodSandboxFilter) -> bool:
+def matches(record: SandboxRecord, config: api_pb2.PodSandboxConfig,
+            f: api_pb2.PodSandboxFilter | api_pb2.PodSandboxStatsFilter) -> bool:
+    """Whether the record passes a ListPodSandbox or a ListPodSandboxStats filter (which has no state)."""
     if f.id and not record.id.startswith(f.id):
         return False
-    if f.HasField("state") and CRI_STATE[record.state] != f.state.state:
+    if isinstance(f, api_pb2.PodSandboxFilter) and f.HasField("state") and CRI_STATE[record.state] != f.state.state:
         return False
     return all(config.labels.get(k) == v for k, v in f.label_selector.items())
