@@ -16,11 +16,19 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from shared.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
+
+# httpcore reads an HTTP/1.1 body 64 KiB at a time, and every read is a trip through h11,
+# httpcore and httpx in Python: ~3,300 of them per 200 MB of layers. Reads of up to 1 MiB
+# (a socket read returns what has arrived, so small bodies are not held back) cut imaged's
+# CPU per such pull by a quarter (0.51 -> 0.38 s here). httpcore offers no per-client
+# setting; imaged is the one user of httpx in its process.
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 _TIMEOUT = httpx.Timeout(connect=30.0, read=60.0, write=60.0, pool=60.0)
 _LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)

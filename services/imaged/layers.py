@@ -10,26 +10,29 @@ Shared work, so concurrent pulls never fetch or apply twice:
   interruption, so the next pull of the blob (by this imaged or the next) hashes the
   bytes it holds again and asks the registry only for the rest (Range).
 
-Downloads run in parallel, and each layer is handed to storaged as soon as its
-blob is complete: storaged unpacks layers in parallel and commits each only on
-top of its stored parent (so a stored chain ID always implies its whole chain,
-which has_layers relies on).
+Downloads run in parallel, and each layer is handed to storaged with the
+download's first bytes: storaged unpacks it as it arrives (storaged's
+blob_reader.py) and commits it only once the blob verified here and its parent is
+stored (so a stored chain ID always implies its whole chain, which has_layers
+relies on). A pull then costs about the longer of download and unpack, not their sum.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from services.imaged.distribution import RegistryClient
 from services.imaged.inflight import Fanout, Listener, SharedTasks
 from services.imaged.manifest import Descriptor
-from shared.errors import AlreadyExists, DeadlineExceeded, Unavailable
+from shared.errors import AlreadyExists, CriplexError, DeadlineExceeded, Unavailable
 from shared.schema.storaged import APPLY_LAYER, ApplyLayerRequest
 from shared.wire import Method
 
@@ -83,21 +86,72 @@ class LayerFetcher:
     async def _fetch_and_apply(self, client: RegistryClient, layer: Descriptor, chain_id: str,
                                parent_chain_id: str, diff_id: str, downloads: asyncio.Semaphore,
                                fanout: Fanout) -> None:
+        # The name storaged gets the blob under: linked only once the download verified.
+        own = self._incoming / self._name(layer.digest)
+        started = asyncio.Event()
+
+        def on_bytes(delta: int) -> None:
+            fanout(delta)
+            started.set()
+
         async def start(blob_fanout: Fanout) -> Path:
             return await self.download_blob(client, layer, downloads, blob_fanout)
 
-        blob = await self._blobs.run(layer.digest, start, take=self._link, listener=fanout)
+        download = asyncio.create_task(
+            self._blobs.run(layer.digest, start, take=lambda blob: self._link(blob, own), listener=on_bytes))
+        request = ApplyLayerRequest(chain_id, parent_chain_id, diff_id, own.name, layer.media_type)
         try:
-            # Applied at once, even before the parent: storaged unpacks layers in parallel and
-            # commits each only after its parent. If the parent's work fails, storaged refuses
-            # ours with FailedPrecondition, and the pull reports the parent's own error first.
-            request = ApplyLayerRequest(chain_id, parent_chain_id, diff_id, blob.name, layer.media_type)
-            await self._storaged.call(APPLY_LAYER, request, timeout=self._call_timeout)
-        except AlreadyExists:
-            pass  # another client of storaged stored it meanwhile: what we wanted
+            if not await self._apply_while_downloading(request, layer, download, started):
+                await download
+                await self._apply(request)
         finally:
+            if not download.done():
+                download.cancel()
+                with contextlib.suppress(BaseException):
+                    await download
             # storaged deletes the blob once applied or refused; this covers calls that never reached it.
-            _unlink(blob)
+            _unlink(own)
+
+    async def _apply_while_downloading(self, request: ApplyLayerRequest, layer: Descriptor,
+                                       download: asyncio.Task[Path], started: asyncio.Event) -> bool:
+        """Have storaged unpack the blob as it arrives; False when the layer still needs applying.
+
+        The streamed apply starts with the download's first bytes (the partial file exists
+        then). Its failure never decides the layer: the download may have started over
+        meanwhile, and storaged could only judge bytes nobody vouched for. So once the
+        download verified, the complete blob is applied the classic way.
+        """
+        first_bytes = asyncio.create_task(started.wait())
+        try:
+            await asyncio.wait({download, first_bytes}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first_bytes.cancel()
+        if download.done():
+            return False  # done (or failed) before a byte was seen: nothing to overlap
+        growing = replace(request, growing=self._partial_name(layer.digest), size=layer.size)
+        apply = asyncio.create_task(self._apply(growing))
+        try:
+            await download
+        except BaseException:
+            apply.cancel()
+            with contextlib.suppress(BaseException):
+                await apply
+            raise
+        try:
+            await apply
+        except CriplexError as exc:
+            log.info("layer %s: unpacking while downloading failed (%s); applying the verified blob",
+                     request.chain_id, exc.message)
+            return False
+        return True
+
+    async def _apply(self, request: ApplyLayerRequest) -> None:
+        # Applied at once, even before the parent: storaged unpacks layers in parallel and
+        # commits each only after its parent. If the parent's work fails, storaged refuses
+        # ours with FailedPrecondition, and the pull reports the parent's own error first.
+        # AlreadyExists: another client of storaged stored it meanwhile, which is what we wanted.
+        with contextlib.suppress(AlreadyExists):
+            await self._storaged.call(APPLY_LAYER, request, timeout=self._call_timeout)
 
     async def download_blob(self, client: RegistryClient, layer: Descriptor, downloads: asyncio.Semaphore,
                             on_bytes: Listener) -> Path:
@@ -120,10 +174,9 @@ class LayerFetcher:
             log.info("downloaded %s from %s (%d bytes, %.1fs)", layer.digest, client.host, layer.size, elapsed)
             return final
 
-    def _link(self, blob: Path) -> Path:
-        own = self._incoming / self._name(blob.name.split("-")[1])
+    @staticmethod
+    def _link(blob: Path, own: Path) -> None:
         os.link(blob, own)
-        return own
 
     @staticmethod
     def _partial_name(digest: str) -> str:

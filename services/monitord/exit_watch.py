@@ -8,20 +8,10 @@ a plain write; the loop is woken by the inotify fd (`add_reader`), never by poll
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import struct
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-
-# <sys/inotify.h>
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_TO = 0x00000080
-IN_Q_OVERFLOW = 0x00004000
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+from shared.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, IN_Q_OVERFLOW, parse_events, watching
 
 
 class ExitDirWatch:
@@ -34,15 +24,8 @@ class ExitDirWatch:
 
     def start(self) -> None:
         """Arm the watch; files written from now on are reported (scan what is there already yourself)."""
-        fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_init1: {os.strerror(ctypes.get_errno())}")
-        if _libc.inotify_add_watch(fd, os.fsencode(self.directory), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"inotify_add_watch {self.directory}: {os.strerror(err)}")
-        self._fd = fd
-        asyncio.get_running_loop().add_reader(fd, self._readable)
+        self._fd = watching(self.directory, IN_CLOSE_WRITE | IN_MOVED_TO)
+        asyncio.get_running_loop().add_reader(self._fd, self._readable)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -66,14 +49,3 @@ class ExitDirWatch:
             elif name:
                 self._names.put_nowait(name)
 
-
-def parse_events(data: bytes) -> list[tuple[str, int]]:
-    events = []
-    offset = 0
-    while offset + _EVENT.size <= len(data):
-        _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-        offset += _EVENT.size
-        raw = data[offset:offset + length].split(b"\0", 1)[0]
-        offset += length
-        events.append((os.fsdecode(raw), mask))
-    return events

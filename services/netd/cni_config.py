@@ -15,25 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 from pathlib import Path
 
 from services.netd.cni_conf import ConfigInvalid, NetworkConfig, config_files, load_network
 from shared.daemon import Readiness
+from shared.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    add_watch,
+    drain,
+    inotify_open,
+)
 
 RESCAN_SECONDS = 2.0
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-
-# <sys/inotify.h>
-_IN_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
-_IN_CHANGES = (0x8  # IN_CLOSE_WRITE
-               | 0x40 | 0x80  # IN_MOVED_FROM, IN_MOVED_TO
-               | 0x100 | 0x200  # IN_CREATE, IN_DELETE
-               | 0x400 | 0x800)  # IN_DELETE_SELF, IN_MOVE_SELF
+# What a change of the directory's contents, or of the directory itself, looks like.
+_IN_CHANGES = (IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
+               | IN_MOVE_SELF)
 
 
 def scan(conf_dir: Path, bin_dirs: tuple[str, ...], wanted: str = "") -> tuple[Readiness, NetworkConfig | None]:
@@ -64,9 +68,7 @@ class CniConfigWatch:
         return self.network
 
     async def run(self) -> None:
-        fd = _libc.inotify_init1(_IN_NONBLOCK_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
+        fd = inotify_open()
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         loop.add_reader(fd, changed.set)
@@ -74,16 +76,15 @@ class CniConfigWatch:
             while True:
                 # Re-adding is a no-op on a watched directory and follows one that was
                 # created or replaced since; a missing directory is simply not watched.
-                _libc.inotify_add_watch(fd, os.fsencode(self.conf_dir), _IN_CHANGES)
+                with contextlib.suppress(OSError):
+                    add_watch(fd, self.conf_dir, _IN_CHANGES)
                 changed.clear()
                 self.current, self.network = await asyncio.to_thread(scan, self.conf_dir, self.bin_dirs,
                                                                      self.wanted)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RESCAN_SECONDS):
                         await changed.wait()
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(fd, 65536):
-                        pass
+                drain(fd)
         finally:
             loop.remove_reader(fd)
             os.close(fd)

@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import threading
 import time
 from collections import Counter
@@ -33,8 +32,8 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from services.storaged.blob_reader import BlobReader, Follow
 from services.storaged.compression import check_digest
 from services.storaged.unpack import unpack_blob
 from shared.errors import (
@@ -210,21 +209,39 @@ class LayerStore:
     # -- apply ---------------------------------------------------------------------------------
 
     async def apply(self, req: ApplyLayerRequest) -> Layer:
-        """Store the layer in `incoming/<req.blob>` (idempotent); the blob is removed in any case."""
+        """Store the layer in `incoming/<req.blob>` (idempotent); the blob is removed in any case.
+
+        A streamed apply (`req.growing`, see blob_reader.py) leaves the blob to imaged unless it
+        stores the layer: imaged applies it again, complete, after a streamed failure.
+        """
         blob_path = self._blob_path(req.blob)
+        stored = False
         try:
-            self._check_ids(req)
-            while (record := self.get(req.chain_id)) is None:
-                running = self._unpacks.get(req.chain_id)
-                if running is None or running.done():
-                    return await asyncio.shield(self._start_unpack(req, blob_path))
-                # Someone is unpacking this chain: share that result. If it fails, ours
-                # (a different copy of the blob) gets its own chance.
-                with contextlib.suppress(CriplexError):
-                    return await asyncio.shield(running)
-            return record.layer()
+            layer = await self._store(req, blob_path)
+            stored = True
+            return layer
         finally:
-            blob_path.unlink(missing_ok=True)
+            if stored or not req.growing:
+                blob_path.unlink(missing_ok=True)
+
+    async def _store(self, req: ApplyLayerRequest, blob_path: Path) -> Layer:
+        self._check_ids(req)
+        while (record := self.get(req.chain_id)) is None:
+            running = self._unpacks.get(req.chain_id)
+            if running is None or running.done():
+                reader = self._open_blob(req, blob_path)
+                try:
+                    return await asyncio.shield(self._start_unpack(req, reader))
+                except asyncio.CancelledError:
+                    # The caller gave up (imaged's download failed, its pull was cancelled): a
+                    # streamed unpack would otherwise wait for bytes that never come.
+                    reader.abandon()
+                    raise
+            # Someone is unpacking this chain: share that result. If it fails, ours
+            # (a different copy of the blob) gets its own chance.
+            with contextlib.suppress(CriplexError):
+                return await asyncio.shield(running)
+        return record.layer()
 
     def _blob_path(self, name: str) -> Path:
         if name in ("", ".") or "/" in name or ".." in name or "\0" in name:
@@ -241,13 +258,12 @@ class LayerStore:
             raise InvalidArgument(f"chain_id {req.chain_id} does not follow from its parent and diff_id "
                                   f"(expected {expected})")
 
-    def _start_unpack(self, req: ApplyLayerRequest, blob_path: Path) -> asyncio.Task[Layer]:
+    def _start_unpack(self, req: ApplyLayerRequest, blob: BlobReader) -> asyncio.Task[Layer]:
         # A layer's diff does not depend on its parent's content, so a child unpacks at
         # once, in parallel with its parent; only its commit waits for the parent
         # (`_await_parent`), so a stored chain ID still always implies its whole chain.
         # No await from here to the hold: a collection cannot slip in between.
         parent = req.parent_chain_id
-        blob = self._open_blob(blob_path)
         task = asyncio.create_task(self._unpack(req, blob), name=f"unpack {req.chain_id}")
         self._unpacks[req.chain_id] = task
         if parent:
@@ -265,20 +281,27 @@ class LayerStore:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("layer %s refused: %s", req.chain_id, exc)
 
-    @staticmethod
-    def _open_blob(path: Path) -> BinaryIO:
+    def _open_blob(self, req: ApplyLayerRequest, path: Path) -> BlobReader:
+        """The complete blob at `path`, or, while imaged has not finished it, the growing one."""
+        if req.growing and not path.exists():
+            growing = self._blob_path(req.growing)
+            # imaged renames the partial file once it verified, just before linking it as `path`.
+            with contextlib.suppress(FileNotFoundError):
+                return self._open(growing, Follow(self.incoming_dir, req.size, req.blob))
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return self._open(path, None)
         except FileNotFoundError:
             raise NotFound(f"blob {path.name} is not in {path.parent}") from None
-        except OSError as exc:
-            raise InvalidArgument(f"blob {path.name}: {exc.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise InvalidArgument(f"blob {path.name} is not a regular file")
-        return os.fdopen(fd, "rb")
 
-    async def _unpack(self, req: ApplyLayerRequest, blob: BinaryIO) -> Layer:
+    def _open(self, path: Path, follow: Follow | None) -> BlobReader:
+        try:
+            return BlobReader.open(path, follow, self._cancel)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise InvalidArgument(f"blob {path.name}: {exc.strerror or 'not a regular file'}") from None
+
+    async def _unpack(self, req: ApplyLayerRequest, blob: BlobReader) -> Layer:
         tmp = self.layers_dir / f"{TMP_PREFIX}{secrets.token_hex(8)}"
         try:
             with blob:

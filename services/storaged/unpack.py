@@ -20,8 +20,8 @@ import stat
 import tarfile
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
+from services.storaged.blob_reader import BlobReader
 from services.storaged.compression import MAGIC_BYTES, VerifyingReader, compression_for, decompressed
 from services.storaged.mount import syncfs
 from services.storaged.tarsafety import Header, Kind, LayerPaths, Op, Step, UnsafeEntry, kind_of, layer_xattrs
@@ -47,12 +47,13 @@ _ARCHIVE_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EEXIST,
 _XATTR_SKIP_ERRNOS = {errno.EOPNOTSUPP, errno.EPERM}
 
 
-def unpack_blob(blob: BinaryIO, media_type: str, diff_id: str, dest: Path, cancel: threading.Event) -> DiskUsage:
+def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, cancel: threading.Event) -> DiskUsage:
     """Create `dest` holding the layer in `blob`; raise if it is unsafe or does not hash to `diff_id`.
 
-    The caller removes `dest` on failure. Everything written is on disk when this returns.
+    The caller removes `dest` on failure. Everything written is on disk when this returns,
+    and a growing blob has been verified by imaged.
     """
-    compression = compression_for(media_type, os.pread(blob.fileno(), MAGIC_BYTES, 0))
+    compression = compression_for(media_type, blob.magic(MAGIC_BYTES))
     os.mkdir(dest, 0o755)
     root_fd = os.open(dest, _DIR_FLAGS)
     try:
@@ -64,6 +65,7 @@ def unpack_blob(blob: BinaryIO, media_type: str, diff_id: str, dest: Path, cance
         if not reader.matches:
             raise DataLoss(f"layer content hashes to {reader.digest}, not to its diff_id {diff_id}")
         syncfs(root_fd)
+        blob.wait_verified()
     finally:
         os.close(root_fd)
     return disk_usage(dest)

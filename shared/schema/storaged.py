@@ -14,6 +14,12 @@ class ApplyLayerRequest:
     `blob` is a file name inside `<storaged root>/incoming/`; storaged removes it
     once the layer is stored (or refused). The uncompressed stream must hash to
     `diff_id`, or the layer is refused and nothing stays behind.
+
+    With `growing`, the blob is still downloading into `incoming/<growing>`: storaged
+    unpacks it as it grows, up to `size` bytes, and commits only once imaged has linked
+    that same file as `blob` (its digest verified). A streamed failure does not judge the
+    layer (imaged may have restarted or dropped the download meanwhile): `blob` is left to
+    imaged, which applies it again without `growing` if its download verified.
     """
 
     chain_id: str
@@ -21,6 +27,8 @@ class ApplyLayerRequest:
     diff_id: str
     blob: str
     media_type: str
+    growing: str = ""
+    size: int = 0  # of the growing blob, from the manifest
 
 
 @dataclass(frozen=True)

@@ -175,12 +175,15 @@ def test_kill_9_of_storaged_mid_unpack_then_restart_recovers(images, repo):
     thread.join()
     wait_for(lambda: images.run.daemon_pid("storaged") not in (0, storaged_pid), 20, "supervisord to restart storaged")
     wait_for(images.run.ready, 20, "the runtime to be ready again")
-    # No partial layer is visible, leftovers are gone, and the pull simply works now.
+    # No partial layer is visible, leftovers are gone (a download the failure interrupted may
+    # stay partial, for the next pull to resume), and the pull simply works now. The pull in
+    # flight either failed clearly or, once storaged was back, applied its verified blobs.
     assert not [p for p in layers.iterdir() if p.name.startswith(".")]
-    assert incoming(images) == []
+    assert [n for n in incoming(images) if not n.endswith(".partial")] == []
     assert pull(images, ref, timeout=120) == image.config_digest
-    assert errors and errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                           grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED)
+    assert incoming(images) == []
+    assert not errors or errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                              grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED)
     remove(images, ref)
 
 

@@ -7,7 +7,9 @@ Everything is forwarded to the real registry unless a fault is armed for the req
   manifest, a schema1 one, a lying ``Docker-Content-Digest``);
 * ``fail_blob`` / ``fail_manifest`` — answer the first N GETs with 503 (or any status);
 * ``cut_blob`` — send the full ``Content-Length`` then only K bytes, and drop the
-  connection, so a client has to resume with ``Range``.
+  connection, so a client has to resume with ``Range``;
+* ``hold_blob`` — send K bytes, then wait until the test releases the rest;
+* ``serve_blob`` — answer a blob GET with bytes of our choosing.
 
 Faults apply to GET (and HEAD for ``serve_manifest``); uploads pass through, so
 ``images.push`` works through the proxy. Every request is recorded in ``requests``
@@ -56,7 +58,7 @@ class RecordedRequest:
 
 @dataclass
 class _Fault:
-    kind: str  # "corrupt" | "fail" | "cut" | "serve"
+    kind: str  # "corrupt" | "fail" | "cut" | "serve" | "hold"
     remaining: int | None  # None: every matching request
     status: int = 503
     after_bytes: int = 0
@@ -65,6 +67,7 @@ class _Fault:
     media_type: str = ""
     digest_header: str | None = None
     methods: frozenset[str] = field(default_factory=lambda: frozenset({"GET"}))
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 class LyingRegistry:
@@ -119,6 +122,18 @@ class LyingRegistry:
     def cut_blob(self, digest: str, *, after_bytes: int, times: int = 1) -> None:
         """Promise the whole body, send ``after_bytes`` of it, then drop the connection."""
         self._arm("blobs", digest, None, _Fault("cut", times, after_bytes=after_bytes))
+
+    def hold_blob(self, digest: str, *, after_bytes: int, times: int = 1) -> threading.Event:
+        """Send ``after_bytes`` of the blob, then the rest only once the returned event is set
+        (or after 120 s, so a failing test never pins a handler thread)."""
+        fault = _Fault("hold", times, after_bytes=after_bytes)
+        self._arm("blobs", digest, None, fault)
+        return fault.release
+
+    def serve_blob(self, digest: str, body: bytes, *, times: int | None = None) -> None:
+        """Answer GETs of blob ``digest`` with ``body`` (whatever it hashes to)."""
+        self._arm("blobs", digest, None, _Fault("serve", times, body=body, media_type="application/octet-stream",
+                                                 digest_header=digest))
 
     def fail_manifest(
         self, name: str, reference: str, *, times: int = 1, status: int = 503, retry_after: int | None = None
@@ -255,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "fail":
             self._send_error_status(fault)
         elif fault is not None and fault.kind == "serve":
-            self._send_manifest(fault)
+            self._send_served(fault)
         else:
             self._forward(body, fault)
 
@@ -271,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _send_manifest(self, fault: _Fault) -> None:
+    def _send_served(self, fault: _Fault) -> None:
         self.send_response(200)
         self.send_header("Content-Type", fault.media_type)
         if fault.digest_header is not None:
@@ -340,6 +355,12 @@ class _Handler(BaseHTTPRequestHandler):
             # Abort mid-body: the client sees a short read against Content-Length.
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault is not None and fault.kind == "hold":
+            self.wfile.write(payload[: fault.after_bytes])
+            self.wfile.flush()
+            fault.release.wait(120)
+            self.wfile.write(payload[fault.after_bytes :])
             return
         if not streaming:
             self.wfile.write(payload)
