@@ -144,7 +144,7 @@ async def _run(service: str, config: Config, factory: Callable[[DaemonContext], 
     server.register(HEALTH, health)
     serve_observability(server, ctx.tracing, getattr(svc, "metrics", None))
     if reread is not None:
-        install_reload(service, config, reread, getattr(svc, "on_reload", None))
+        install_reload(service, config, reread, _reloader(tracing, getattr(svc, "on_reload", None)))
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(server.serve())
@@ -155,6 +155,17 @@ async def _run(service: str, config: Config, factory: Callable[[DaemonContext], 
     finally:
         events.close()
         tracing.shutdown()
+
+
+def _reloader(tracing: Tracing, on_reload: Callable[[Config], None] | None) -> Callable[[Config], None]:
+    """What a daemon does with a reloaded configuration: the shell's part (tracing), then the service's."""
+
+    def apply(config: Config) -> None:
+        tracing.reconfigure(config.tracing)
+        if on_reload is not None:
+            on_reload(config)
+
+    return apply
 
 
 def serve_observability(server: DaemonServer, tracing: Tracing,

@@ -19,7 +19,7 @@ from shared.typed import from_plain, to_plain
 log = logging.getLogger(__name__)
 
 # Dotted keys (or key prefixes) a running daemon applies. Everything else (paths, sockets,
-# transport, tracing's exporter, storaged's root, streamd's listener…) is fixed at start.
+# transport, storaged's root, streamd's listener…) is fixed at start.
 LIVE_KEYS = (
     "log.level",
     "imaged.registries_conf",
@@ -29,6 +29,12 @@ LIVE_KEYS = (
     "imaged.pause_image",
     "monitord.runtimes",
     "monitord.default_runtime",
+    "tracing.endpoint",
+    "tracing.sample_rate",
+    "tracing.ring_size",
+    "metrics.enable",
+    "metrics.address",
+    "metrics.port",
 )
 
 

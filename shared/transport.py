@@ -168,6 +168,11 @@ class DaemonClient:
         self.hops: dict[str, Histogram] | None = {} if config.metrics.enable else None
         self.inflight = 0
 
+    def record_hops(self, on: bool) -> None:
+        """Start or stop recording hop latencies (a reload turned metrics on or off)."""
+        if on != (self.hops is not None):
+            self.hops = {} if on else None
+
     @property
     def connected(self) -> bool:
         return self._main.pipes.count > 0

@@ -50,11 +50,21 @@ class Gateway:
         self.inflight = Inflight()
         self.reconciler = Reconciler(self)
         self.cri_metrics = CriMetrics() if config.metrics.enable else None
+        self.metrics_changed = asyncio.Event()  # set by a reload that changed [metrics]
         self.bounds = CallBounds(config.gateway)
 
     def on_reload(self, config: Config) -> None:
-        """SIGHUP: handlers and the pause image are read from `self.config` on each call."""
+        """SIGHUP: handlers and the pause image are read from `self.config` on each call; tracing
+        and metrics are switched here (the endpoint itself moves in `run_observability`)."""
+        metrics_was = self.config.metrics
         self.config = config
+        self.tracing.reconfigure(config.tracing)
+        if config.metrics.enable != (self.cri_metrics is not None):
+            self.cri_metrics = CriMetrics() if config.metrics.enable else None
+            for client in self.clients.values():
+                client.record_hops(config.metrics.enable)
+        if config.metrics != metrics_was:
+            self.metrics_changed.set()
 
     def close(self) -> None:
         for client in self.clients.values():

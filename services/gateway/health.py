@@ -36,7 +36,8 @@ class DaemonState:
     health: Health | None
     checked_at: float
     error: str = ""
-    starts_seen: int = 0
+    starts_seen: int = 0  # start announcements heard (pub/sub)
+    restarts: int = 0  # starts of a new process seen since the gateway first saw one
 
     @property
     def ready(self) -> bool:
@@ -59,13 +60,19 @@ class HealthMonitor:
         self._errors: dict[str, str] = dict.fromkeys(clients, "")
         self._checked: dict[str, float] = dict.fromkeys(clients, 0.0)
         self._starts: dict[str, int] = dict.fromkeys(clients, 0)
+        self._restarts: dict[str, int] = dict.fromkeys(clients, 0)
+        # The newest process of each daemon seen, by its start time: from health answers and from
+        # start announcements alike, so a gateway that missed a daemon's first announcement (it
+        # started later, or restarted) still counts that daemon's next start as a restart.
+        self._latest: dict[str, float | None] = dict.fromkeys(clients)
         self._wake = asyncio.Event()
         for client in clients.values():
             client.on_connect(self._wake.set)
 
     def state(self, service: str) -> DaemonState:
         return DaemonState(service, self._clients[service].connected, self._health[service],
-                           self._checked[service], self._errors[service], self._starts[service])
+                           self._checked[service], self._errors[service], self._starts[service],
+                           self._restarts[service])
 
     def states(self) -> list[DaemonState]:
         return [self.state(s) for s in self._clients]
@@ -110,13 +117,24 @@ class HealthMonitor:
             self._errors[service] = "not connected"
             return
         try:
-            self._health[service] = await client.call(HEALTH, HealthRequest(), _HEALTH_TIMEOUT_S)
+            health = self._health[service] = await client.call(HEALTH, HealthRequest(), _HEALTH_TIMEOUT_S)
+            self._seen_process(service, health.started_at)
             self._errors[service] = ""
             self._checked[service] = time.time()
         except CriplexError as exc:
             self._errors[service] = exc.message
             if time.time() - self._checked[service] > _STALE_AFTER_S:
                 self._health[service] = None
+
+    def _seen_process(self, service: str, started_at: float) -> None:
+        # Only a newer start counts: a health answer from the old process can arrive after the
+        # new one's announcement.
+        latest = self._latest[service]
+        if latest is not None and started_at <= latest:
+            return
+        if latest is not None:
+            self._restarts[service] += 1
+        self._latest[service] = started_at
 
     async def _watch_starts(self, service: str) -> None:
         sub = EventSubscriber(service, self._config, (STARTED_TOPIC,))
@@ -132,6 +150,7 @@ class HealthMonitor:
                 if (started.pid, started.started_at) != last:
                     last = (started.pid, started.started_at)
                     self._starts[service] += 1
+                    self._seen_process(service, started.started_at)
                 self._wake.set()
         finally:
             sub.close()

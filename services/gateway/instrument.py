@@ -6,6 +6,7 @@ this module is the only place that maps one to the other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shared.config import Config, TracingConfig
 from shared.errors import Code, CriplexError, InvalidArgument
-from shared.tracing import Tracing, record_error, set_attribute
+from shared.tracing import record_error, set_attribute
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -26,6 +26,7 @@ log = logging.getLogger("criplex.gateway.cri")
 GRPC_STATUS: dict[Code, grpc.StatusCode] = {code: getattr(grpc.StatusCode, code.name) for code in Code}
 # Undecodable requests are logged at most this often: a broken client must not flood the log.
 _UNDECODABLE_LOG_INTERVAL_S = 1.0
+_NOOP = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -153,21 +154,13 @@ _POLLED = frozenset({
 })
 
 
-_UNTRACED = Tracing("untraced", TracingConfig(endpoint="", ring_size=0))  # spans nothing
-
-
-def traced(method: str, tracing: Tracing, config: Config) -> bool:
-    return tracing.enabled and (bool(config.tracing.endpoint) or method not in _POLLED)
-
-
 def _error_label(exc: BaseException) -> str:
     return exc.code.name if isinstance(exc, CriplexError) else "INTERNAL"
 
 
 def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
-    tag = traced(method, gateway.tracing, gateway.config)
-    tracing = gateway.tracing if tag else _UNTRACED
-    metrics = gateway.cri_metrics  # None when [metrics] enable is false
+    tracing = gateway.tracing
+    polled = method in _POLLED
     default_timeout = gateway.config.gateway.default_timeout
     span_name = f"runtime.v1/{method}"
     outcome = _Outcome(method, _Throttle(_UNDECODABLE_LOG_INTERVAL_S))
@@ -175,7 +168,10 @@ def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         call = _call(method, default_timeout, context)
-        with tracing.server_span(span_name, _traceparent(gateway, context)):
+        # Read per call, not once: a reload turns tracing and metrics on and off.
+        tag = tracing.enabled and (tracing.exporting or not polled)
+        metrics = gateway.cri_metrics  # None when [metrics] enable is false
+        with tracing.server_span(span_name, _traceparent(gateway, context)) if tag else _NOOP:
             try:
                 outcome.check(request)
                 if tag:

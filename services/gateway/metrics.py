@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.config import MetricsConfig
 from shared.errors import CriplexError
 from shared.histogram import Histogram
 from shared.schema.common import METRICS, LabeledValue, MetricsReport, MetricsRequest
@@ -80,9 +81,8 @@ async def snapshot(gateway: Gateway, cri: CriMetrics) -> Snapshot:
     reports = await asyncio.gather(*(_report(gateway, name) for name in gateway.clients))
     daemons = []
     for (name, client), report in zip(gateway.clients.items(), reports, strict=True):
-        starts = gateway.health.state(name).starts_seen
         daemons.append(DaemonFigures(
-            daemon=name, up=report is not None, restarts=max(starts - 1, 0), inflight=client.inflight,
+            daemon=name, up=report is not None, restarts=gateway.health.state(name).restarts, inflight=client.inflight,
             hops={method: h.copy() for method, h in (client.hops or {}).items()},
             report=report or MetricsReport()))
     return Snapshot({op: h.copy() for op, h in cri.latency.items()}, dict(cri.errors),
@@ -118,7 +118,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
 def _daemon_families(daemons: list[DaemonFigures]) -> Iterator[Metric]:
     up = GaugeMetricFamily(PREFIX + "daemon_up", "1 when the daemon answered this scrape.", labels=["daemon"])
     restarts = CounterMetricFamily(PREFIX + "daemon_restarts_total",
-                                   "Starts of the daemon seen by the gateway, past the first.", labels=["daemon"])
+                                   "Restarts of the daemon seen by the gateway since it started.", labels=["daemon"])
     inflight = GaugeMetricFamily(PREFIX + "daemon_inflight_requests", "nng calls from the gateway awaiting an answer.",
                                  labels=["daemon"])
     hops = HistogramMetricFamily(PREFIX + "nng_hop_seconds", "Round trip of a gateway -> daemon nng call.",
@@ -171,14 +171,14 @@ def _reported_families(daemons: list[DaemonFigures]) -> Iterator[Metric]:
 
 
 class _ScrapeCollector(Collector):
-    def __init__(self, gateway: Gateway, cri: CriMetrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
         self._gateway = gateway
-        self._cri = cri
         self._loop = loop
 
     def collect(self) -> Iterator[Metric]:
         # Runs in prometheus_client's HTTP thread: the figures are copied on the loop.
-        future = asyncio.run_coroutine_threadsafe(snapshot(self._gateway, self._cri), self._loop)
+        future = asyncio.run_coroutine_threadsafe(snapshot(self._gateway, self._gateway.cri_metrics or CriMetrics()),
+                                                  self._loop)
         try:
             snap = future.result(_SCRAPE_TIMEOUT_S)
         except Exception as exc:
@@ -189,23 +189,32 @@ class _ScrapeCollector(Collector):
 
 
 class MetricsEndpoint:
-    """`/metrics` on `[metrics] address:port`, for the gateway's lifetime."""
+    """`/metrics` on `[metrics] address:port` while `[metrics] enable`; a reload moves or closes it."""
 
-    def __init__(self, gateway: Gateway, cri: CriMetrics) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._cri = cri
         self._server: object | None = None
+        self.serving: tuple[str, int] | None = None
 
-    def start(self) -> None:
-        config = self._gateway.config.metrics
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ScrapeCollector(self._gateway, self._cri, asyncio.get_running_loop()))
-        self._server, _thread = start_http_server(config.port, config.address, registry)
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", config.address, config.port)
+    async def apply(self, config: MetricsConfig) -> None:
+        """Serve as `config` says: start, stop, or move to another address or port."""
+        wanted = (config.address, config.port) if config.enable else None
+        if wanted == self.serving:
+            return
+        if self._server is not None:
+            # Off the loop: a scrape in progress waits on the loop, and shutdown waits on it.
+            await asyncio.to_thread(self.stop)
+        if wanted is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_ScrapeCollector(self._gateway, asyncio.get_running_loop()))
+            self._server, _thread = start_http_server(config.port, config.address, registry)
+            self.serving = wanted
+            log.info("serving Prometheus metrics on http://%s:%d/metrics", config.address, config.port)
 
     def stop(self) -> None:
-        server = self._server
+        server, self._server, serving, self.serving = self._server, None, self.serving, None
         if server is not None:
             with contextlib.suppress(Exception):
                 server.shutdown()  # type: ignore[attr-defined]
                 server.server_close()  # type: ignore[attr-defined]
+            log.info("stopped serving Prometheus metrics on %s:%d", *(serving or ("?", 0)))

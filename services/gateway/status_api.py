@@ -69,8 +69,8 @@ def info(gw: Gateway, started_at: float) -> dict[str, Any]:
         daemons[st.service] = {
             "pid": health.pid if health else 0,
             "uptime_s": round(now - health.started_at, 3) if health else 0.0,
-            # Starts the gateway has seen announced, less the first: restarts since the gateway started.
-            "restarts": max(st.starts_seen - 1, 0),
+            # Restarts since the gateway started (supervisord keeps no count).
+            "restarts": st.restarts,
             "ready": st.ready,
             "connected": st.connected,
             "reason": health.reason if health else st.error,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 
 import grpc
@@ -9,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.operations.admin_support import http
 from tests.support.images import build_busybox_image
 from tests.support.pods import Pods, container_config, sandbox_config
 from tests.support.push import push
@@ -77,3 +80,31 @@ def test_a_stopped_daemon_shows_up_0_and_the_scrape_still_answers(observed: Pods
         observed.run.supervisorctl("start", "netd")
         wait_for(observed.run.ready, 30, "criplex to be ready again")
     wait_for(lambda: value(scrape(observed), "daemon_up", daemon="netd") == 1.0, 15, "daemon_up{netd} 1")
+
+
+def _ready(pods: Pods, daemon: str) -> bool:
+    return bool(json.loads(http(pods.run, "GET", "/info").body)["daemons"][daemon]["ready"])
+
+
+def _restarts(pods: Pods, daemon: str) -> tuple[float, int]:
+    """daemon_restarts_total from /metrics and `restarts` from the status API's /info."""
+    info = json.loads(http(pods.run, "GET", "/info").body)
+    return value(scrape(pods), "daemon_restarts_total", daemon=daemon), info["daemons"][daemon]["restarts"]
+
+
+@pytest.mark.parametrize("gateway_restarted_first", [False, True], ids=["gateway-up", "gateway-restarted"])
+def test_daemon_restarts_count_each_restart_once(observed: Pods, gateway_restarted_first: bool) -> None:
+    """Whether or not the gateway heard the daemon's first start announced, one restart counts one."""
+    if gateway_restarted_first:  # the new gateway never hears netd's first start
+        observed.run.supervisorctl("restart", "gateway")
+        wait_for(observed.run.ready, 20, "the gateway to serve again")
+    wait_for(lambda: _ready(observed, "netd"), 20, "the gateway to know netd")
+    before = _restarts(observed, "netd")
+    pid = observed.run.daemon_pid("netd")
+    observed.run.supervisorctl("restart", "netd")
+    wait_for(lambda: observed.run.daemon_pid("netd") != pid and _ready(observed, "netd"), 20, "netd to come back")
+    # The start announcement repeats for a second: wait past it, then a restart must count exactly once.
+    wait_for(lambda: _restarts(observed, "netd") == (before[0] + 1, before[1] + 1), 10, "the restart to count")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert _restarts(observed, "netd") == (before[0] + 1, before[1] + 1)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import grpc
+import httpx
 import pytest
 
+from services.podtrace.gather import PodTrace, gather_pod
+from shared.config import load_config
 from shared.cri import api_pb2
 from tests.operations.admin_support import cleaned, criplex, http
+from tests.operations.conftest import free_port
 from tests.pods.conftest import start_pods
 from tests.support.fixtures import PushedImage
 from tests.support.pods import Pods, container_config, sandbox_config
@@ -109,3 +114,50 @@ def test_reload_switches_imaged_to_another_registries_conf(pods: Pods, registry:
     finally:
         _edit_config(pods, f'registries_conf = "{new_path}"', f'registries_conf = "{old_path}"')
         _reload(pods)
+
+
+def _spans_of_pod(pods: Pods, sandbox_id: str) -> PodTrace:
+    return asyncio.run(gather_pod(load_config(str(pods.run.config_file)), sandbox_id))
+
+
+def _start_pod(pods: Pods) -> str:
+    sandbox = sandbox_config()
+    sid = pods.run_pod(sandbox)
+    pods.start(pods.create(sid, container_config(pods.image, ["sleep", "3600"]), sandbox))
+    return sid
+
+
+def _serves_metrics(port: int) -> bool:
+    try:
+        return "container_runtime_criplex_daemon_up" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.TransportError:
+        return False
+
+
+def test_reload_switches_the_span_ring_off_and_on_and_moves_the_metrics_endpoint(pod: Pods) -> None:
+    """tracing.* and metrics.* apply live: no daemon restarts (`_reload` checks the PIDs)."""
+    first, second = free_port(), free_port()
+    assert {"gateway", "netd", "storaged", "monitord"} <= {s.service for s in _spans_of_pod(pod, _start_pod(pod)).spans}
+    assert not _serves_metrics(first)
+    base = pod.run.config_file.read_text()
+    try:
+        pod.run.config_file.write_text(base + '[tracing]\nring_size = 0\n'
+                                       f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {first}\n')
+        _reload(pod)
+        assert _spans_of_pod(pod, _start_pod(pod)).spans == ()
+        wait_for(lambda: _serves_metrics(first), 10, f"/metrics on port {first}")
+
+        pod.run.config_file.write_text(base + '[tracing]\nring_size = 64\n'
+                                       f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {second}\n')
+        _reload(pod)
+        found = _spans_of_pod(pod, _start_pod(pod))
+        assert {"gateway", "netd", "storaged", "monitord"} <= {s.service for s in found.spans}
+        assert all(s.end_ns > s.start_ns for s in found.spans)
+        wait_for(lambda: _serves_metrics(second), 10, f"/metrics on port {second}")
+        wait_for(lambda: not _serves_metrics(first), 10, f"port {first} to close")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{first}/metrics", timeout=5)
+    finally:
+        pod.run.config_file.write_text(base)
+        _reload(pod)
+    wait_for(lambda: not _serves_metrics(second), 10, "metrics to go off again")
