@@ -112,13 +112,14 @@ def registry_aside(registry: Registry) -> Iterator[None]:
     """
     path = f"/bench-storm-registry-{uuid.uuid4().hex[:8]}"
     pid = registry._proc.pid if registry._proc is not None else 0
-    daemon_cgroups.configure(path, daemon_cgroups.Resources(cpu_weight=10, memory_max=None))
-    daemon_cgroups.move(pid, path)
+    host = daemon_cgroups.Hierarchy.detect()
+    daemon_cgroups.configure(host, path, daemon_cgroups.Resources(cpu_weight=10, memory_max=None))
+    daemon_cgroups.move(host, pid, path)
     try:
         yield
     finally:
-        daemon_cgroups.move(pid, "/")
-        daemon_cgroups.remove(path)
+        daemon_cgroups.move(host, pid, "/")
+        daemon_cgroups.remove(host, path)
 
 
 def _push_storm_images(registry: Registry) -> list[str]:

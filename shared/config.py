@@ -63,6 +63,11 @@ class PathsConfig:
         _check(self.daemon_cgroup_parent == "" or self.daemon_cgroup_parent.startswith("/"),
                "paths.daemon_cgroup_parent", "an absolute cgroup path like \"/criplex.daemons\", or \"\"",
                self.daemon_cgroup_parent)
+        # criplex writes these cgroups itself (cgroupfs), and a slice is systemd's, never delegated:
+        # ARCHITECTURE.md "Daemon cgroups" says what to point the parent at on a systemd host.
+        _check(not self.daemon_cgroup_parent.endswith(".slice"), "paths.daemon_cgroup_parent",
+               "a cgroupfs path, not a systemd slice (use a delegated unit's cgroup, see ARCHITECTURE.md)",
+               self.daemon_cgroup_parent)
         # AF_UNIX paths are limited to 107 bytes; leave room for "ipc/monitord.events.sock".
         _check(len(self.run_dir) <= 70, "paths.run_dir", "a path of at most 70 bytes", self.run_dir)
 

@@ -4,6 +4,10 @@ Each daemon gets `<paths.daemon_cgroup_parent>/criplex-<service>`; conmon, which
 starts and which must outlive it, is moved into `<parent>/criplex-conmon` so a memory
 limit on monitord never counts (or OOM-kills) a container's monitor.
 
+These cgroups are made directly in cgroupfs, as the kubelet's cgroupfs driver makes its own,
+whatever `monitord.cgroup_manager` says (that setting is about pods). On a systemd host the
+parent should be a subtree systemd delegated (ARCHITECTURE.md, "Daemon cgroups").
+
 Weights are in cgroup v2 terms (1..10000, default 100). On a v1 host they become
 `cpu.shares` the way systemd converts CPUWeight: shares = weight * 1024 / 100, so the
 default weight is the default share (1024) and a daemon at 100 competes like any other
@@ -13,19 +17,23 @@ which would give imaged 2.5 times an ordinary cgroup's claim.)
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from shared import cgroup_hierarchy
+from shared.cgroup_hierarchy import Hierarchy, Made
+from shared.cgroup_hierarchy import current as current  # callers read a daemon's placement from here
 from shared.config import SERVICES, Config, parse_size
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONMON = "conmon"
-# The v1 hierarchies a daemon cgroup is made in: the ones its settings live in.
-V1_CONTROLLERS = ("cpu", "memory")
+# The controllers a daemon cgroup's settings live in (on v1: the hierarchies it is made in).
+DAEMON_CONTROLLERS = ("cpu", "memory")
+V1_CONTROLLERS = DAEMON_CONTROLLERS
 _V1_MAX_SHARES = 262144
 _V1_MIN_SHARES = 2
+_V2_MIN_WEIGHT, _V2_MAX_WEIGHT = 1, 10000
+# What each controller's setting is called in a log line.
+_SETTING_NAMES = {"cpu": "CPU weight", "memory": "memory limit"}
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,54 @@ class Resources:
     memory_max: int | None  # bytes; None = no limit
 
 
-def unified() -> bool:
-    """True on a pure cgroup v2 host; hybrid hosts keep their controllers on v1."""
-    return (CGROUP_ROOT / "cgroup.controllers").is_file()
+@dataclass(frozen=True)
+class Setting:
+    """One value written into one of a cgroup's controller files."""
+
+    controller: str
+    file: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a daemon went, and which settings the host could not apply."""
+
+    path: str  # "" when the daemon stays where it was started
+    missing: tuple[str, ...] = ()  # controllers whose setting was not written
+    why: str = ""
+
+    def unapplied(self) -> str:
+        """The settings not applied, in words for a log line: "CPU weight and memory limit"."""
+        return " and ".join(_SETTING_NAMES.get(c, c) for c in self.missing)
+
+
+def cpu_weight_value(weight: int) -> str:
+    """cpu.weight's text: the weight itself, which the kernel accepts from 1 to 10000."""
+    return str(min(max(weight, _V2_MIN_WEIGHT), _V2_MAX_WEIGHT))
+
+
+def memory_max_value(limit: int | None) -> str:
+    """memory.max's text: bytes, or "max" for no limit."""
+    return "max" if limit is None else str(limit)
 
 
 def shares_for_weight(weight: int) -> int:
     return min(max(weight * 1024 // 100, _V1_MIN_SHARES), _V1_MAX_SHARES)
+
+
+def memory_limit_in_bytes_value(limit: int | None) -> str:
+    """memory.limit_in_bytes's text: bytes, or -1 for no limit."""
+    return "-1" if limit is None else str(limit)
+
+
+def settings(wanted: Resources, unified: bool) -> tuple[Setting, ...]:
+    """What to write for `wanted`, in v2 (unified) or v1 terms."""
+    if unified:
+        return (Setting("cpu", "cpu.weight", cpu_weight_value(wanted.cpu_weight)),
+                Setting("memory", "memory.max", memory_max_value(wanted.memory_max)))
+    return (Setting("cpu", "cpu.shares", str(shares_for_weight(wanted.cpu_weight))),
+            Setting("memory", "memory.limit_in_bytes", memory_limit_in_bytes_value(wanted.memory_max)))
 
 
 def cgroup_name(service: str) -> str:
@@ -64,111 +113,69 @@ def resources(config: Config, service: str) -> Resources:
     return Resources(section.cpu_weight, parse_size(section.memory_max) if section.memory_max else None)
 
 
-def _dirs(path: str) -> list[Path]:
-    if unified():
-        return [CGROUP_ROOT / path.lstrip("/")]
-    return [CGROUP_ROOT / controller / path.lstrip("/") for controller in V1_CONTROLLERS]
+def configure(hierarchy: Hierarchy, path: str, wanted: Resources) -> Made:
+    """Make the cgroup at `path` and write the settings its controllers can take; says what it could not."""
+    made = cgroup_hierarchy.make(hierarchy, path, DAEMON_CONTROLLERS)
+    for setting in settings(wanted, hierarchy.unified):
+        if setting.controller in made.controllers:
+            (hierarchy.directory(setting.controller, path) / setting.file).write_text(setting.value)
+    return made
 
 
-def _enable_v2_controllers(path: str) -> None:
-    # v2 only delegates cpu/memory to a child whose parent lists them in cgroup.subtree_control.
-    parts = Path(path.lstrip("/")).parts
-    for depth in range(len(parts)):
-        control = CGROUP_ROOT.joinpath(*parts[:depth]) / "cgroup.subtree_control"
-        enabled = control.read_text().split()
-        missing = [c for c in ("cpu", "memory") if c not in enabled]
-        if missing:
-            control.write_text(" ".join(f"+{c}" for c in missing))
+def move(hierarchy: Hierarchy, pid: int, path: str) -> None:
+    """Put `pid` into the cgroup at `path`, in every tree of the hierarchy that holds it."""
+    cgroup_hierarchy.move(hierarchy, pid, path, hierarchy.mounted(DAEMON_CONTROLLERS))
 
 
-def configure(path: str, wanted: Resources) -> None:
-    """Make the cgroup at `path` (in every hierarchy that matters) and write its settings."""
-    if unified():
-        _enable_v2_controllers(path)
-        directory = CGROUP_ROOT / path.lstrip("/")
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "cpu.weight").write_text(str(wanted.cpu_weight))
-        (directory / "memory.max").write_text("max" if wanted.memory_max is None else str(wanted.memory_max))
-        return
-    cpu, memory = _dirs(path)
-    cpu.mkdir(parents=True, exist_ok=True)
-    memory.mkdir(parents=True, exist_ok=True)
-    (cpu / "cpu.shares").write_text(str(shares_for_weight(wanted.cpu_weight)))
-    (memory / "memory.limit_in_bytes").write_text("-1" if wanted.memory_max is None else str(wanted.memory_max))
+def enter(hierarchy: Hierarchy, config: Config, service: str, pid: int) -> Placement:
+    """Configure `service`'s cgroup and move `pid` into it.
 
-
-def move(pid: int, path: str) -> None:
-    """Put `pid` (all its threads: cgroup.procs) into the cgroup at `path`, in every hierarchy."""
-    for directory in _dirs(path):
-        (directory / "cgroup.procs").write_text(str(pid))
-
-
-def enter(config: Config, service: str, pid: int) -> str:
-    """Configure `service`'s cgroup and move `pid` into it; returns the path ("" when disabled)."""
+    Missing controllers do not stop the move: the daemon still gets a cgroup of its own (and
+    conmon still leaves monitord's), only without the settings the host cannot apply.
+    """
     path = cgroup_path(config, service)
-    if path:
-        configure(path, resources(config, service))
-        move(pid, path)
-        if service == "monitord":
-            # Ready before monitord starts its first conmon, which then moves there (conmon.py).
-            configure(cgroup_path(config, CONMON), resources(config, CONMON))
-    return path
+    if not path:
+        return Placement("")
+    made = configure(hierarchy, path, resources(config, service))
+    if not hierarchy.unified and not made.controllers:
+        return Placement("", made.missing, made.why)  # no v1 tree to put it in
+    move(hierarchy, pid, path)
+    if service == "monitord":
+        # Ready before monitord starts its first conmon, which then moves there (conmon.py).
+        configure(hierarchy, cgroup_path(config, CONMON), resources(config, CONMON))
+    return Placement(path, made.missing, made.why)
 
 
-def conmon_cgroup_beside(pid: int) -> str:
+def conmon_cgroup_beside(hierarchy: Hierarchy, pid: int) -> str:
     """The conmon cgroup next to the daemon cgroup `pid` runs in, or "" when not in one of criplex's.
 
     Derived from monitord's own placement rather than from configuration, so a monitord the
     launcher did not place (a test, a debugging session) never moves anything.
     """
-    placed = current(pid)
-    path = placed.get("") if unified() else placed.get("memory")
+    path = cgroup_hierarchy.placed_in(hierarchy, pid, hierarchy.mounted(DAEMON_CONTROLLERS))
     if not path or os.path.basename(path) != cgroup_name("monitord"):
         return ""
     return os.path.join(os.path.dirname(path), cgroup_name(CONMON))
 
 
-def current(pid: int) -> dict[str, str]:
-    """/proc/<pid>/cgroup as {controller: path}; the v2 entry is under ""."""
-    out: dict[str, str] = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _id, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            out[controller] = path
-    return out
-
-
-def in_cgroup(pid: int, path: str) -> bool:
+def in_cgroup(hierarchy: Hierarchy, pid: int, path: str) -> bool:
     """Whether `pid` is in the cgroup `path` for the controllers that carry its settings."""
-    placed = current(pid)
-    if unified():
-        return placed.get("") == path
-    return all(placed.get(c) == path for c in V1_CONTROLLERS)
+    return cgroup_hierarchy.placed_in(hierarchy, pid, hierarchy.mounted(DAEMON_CONTROLLERS)) == path
 
 
-def remove(path: str) -> bool:
+def remove(hierarchy: Hierarchy, path: str) -> bool:
     """Remove the cgroup at `path` if no process is left in it; False when it is still busy."""
-    removed = True
-    for directory in _dirs(path):
-        try:
-            directory.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            removed = False
-    return removed
+    return cgroup_hierarchy.remove(hierarchy, path, hierarchy.mounted(DAEMON_CONTROLLERS))
 
 
-def remove_all(config: Config) -> bool:
+def remove_all(hierarchy: Hierarchy, config: Config) -> bool:
     """Remove every daemon cgroup (and conmon's) left empty, then the parent if empty too."""
     if not config.paths.daemon_cgroup_parent:
         return True
-    done = all([remove(cgroup_path(config, s)) for s in (*SERVICES, CONMON)])
+    done = all([remove(hierarchy, cgroup_path(config, s)) for s in (*SERVICES, CONMON)])
     if done and config.paths.daemon_cgroup_parent != "/":
         try:
-            done = remove(config.paths.daemon_cgroup_parent)
+            done = remove(hierarchy, config.paths.daemon_cgroup_parent)
         except OSError:
             done = False  # e.g. not empty: another cgroup an admin made under it
     return done

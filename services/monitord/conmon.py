@@ -18,6 +18,7 @@ from pathlib import Path
 
 from services.monitord.oci_runtime import OciRuntime
 from shared import daemon_cgroups
+from shared.cgroup_hierarchy import Hierarchy
 from shared.errors import FailedPrecondition, Internal
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,13 @@ def _leave_monitord_cgroup(launch: ConmonLaunch) -> None:
     Its parent wrote the conmon pidfile before exiting, so the pid is known by now. The
     container itself is never here: runc puts it in the cgroup of its spec.
     """
-    target = daemon_cgroups.conmon_cgroup_beside(os.getpid())
+    hierarchy = Hierarchy.detect()
+    target = daemon_cgroups.conmon_cgroup_beside(hierarchy, os.getpid())
     if not target:
         return
     try:
         pid = int((launch.bundle / "conmon-pidfile").read_text().strip())
-        daemon_cgroups.move(pid, target)
+        daemon_cgroups.move(hierarchy, pid, target)
     except (OSError, ValueError) as exc:
         log.warning("conmon of %s stays in monitord's cgroup: %s", launch.container_id, exc)
 

@@ -31,6 +31,7 @@ from tests.support.registry import Registry
 from tests.support.runtime import CriplexRun, wait_for
 
 V1 = Path("/sys/fs/cgroup")
+HOST = daemon_cgroups.Hierarchy.detect()
 
 
 def with_daemon_cgroup_parent(run: CriplexRun, parent: str) -> None:
@@ -83,7 +84,7 @@ def cgrouped_pod(cgrouped: tuple[Pods, Config]) -> Iterator[tuple[Pods, Config]]
         cgrouped[0].cleanup()
 
 
-@pytest.mark.skipif(daemon_cgroups.unified(), reason="reads the cgroup v1 files of this host layout")
+@pytest.mark.skipif(HOST.unified, reason="reads the cgroup v1 files of this host layout")
 def test_each_daemon_runs_in_its_own_cgroup_with_its_shares_and_memory_limit(cgrouped: tuple[Pods, Config]):
     pods, config = cgrouped
     for service in SERVICES:
@@ -103,7 +104,7 @@ def test_each_daemon_runs_in_its_own_cgroup_with_its_shares_and_memory_limit(cgr
                            "memory.limit_in_bytes")) == 768 << 20
 
 
-@pytest.mark.skipif(daemon_cgroups.unified(), reason="reads the cgroup v1 files of this host layout")
+@pytest.mark.skipif(HOST.unified, reason="reads the cgroup v1 files of this host layout")
 def test_conmon_and_the_container_are_not_in_monitords_cgroup(cgrouped_pod: tuple[Pods, Config]):
     pods, config = cgrouped_pod
     _sid, cid = pods.run_container(["sleep", "600"])
@@ -125,7 +126,7 @@ def test_conmon_and_the_container_are_not_in_monitords_cgroup(cgrouped_pod: tupl
     assert int(cgroup_file("memory", conmon_cgroup, "memory.limit_in_bytes")) > 1 << 60
 
 
-@pytest.mark.skipif(daemon_cgroups.unified(), reason="reads the cgroup v1 files of this host layout")
+@pytest.mark.skipif(HOST.unified, reason="reads the cgroup v1 files of this host layout")
 def test_a_killed_monitord_returns_to_its_cgroup_and_its_containers_keep_running(
         cgrouped_pod: tuple[Pods, Config]):
     pods, config = cgrouped_pod
@@ -136,13 +137,13 @@ def test_a_killed_monitord_returns_to_its_cgroup_and_its_containers_keep_running
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: _pid_or_zero(pods.run, "monitord") not in (0, old), 30, "supervisord to restart monitord")
     new = pods.run.daemon_pid("monitord")
-    assert daemon_cgroups.in_cgroup(new, daemon_cgroups.cgroup_path(config, "monitord"))
+    assert daemon_cgroups.in_cgroup(HOST, new, daemon_cgroups.cgroup_path(config, "monitord"))
     assert all(Path(f"/proc/{pid}").exists() for pid in conmons)
     wait_for(pods.run.ready, 30, "criplex to be ready again")
     assert pods.status(cid).state == api_pb2.CONTAINER_RUNNING
 
 
-@pytest.mark.skipif(daemon_cgroups.unified(), reason="reads the cgroup v1 files of this host layout")
+@pytest.mark.skipif(HOST.unified, reason="reads the cgroup v1 files of this host layout")
 @pytest.mark.parametrize("service", ["imaged", "gateway"])
 def test_a_restarted_daemon_lands_in_its_cgroup_again(cgrouped: tuple[Pods, Config], service: str):
     pods, config = cgrouped
@@ -150,7 +151,7 @@ def test_a_restarted_daemon_lands_in_its_cgroup_again(cgrouped: tuple[Pods, Conf
     pods.run.supervisorctl("restart", service)
     wait_for(lambda: _pid_or_zero(pods.run, service) not in (0, old), 30, f"{service} to restart")
     new = pods.run.daemon_pid(service)
-    assert daemon_cgroups.in_cgroup(new, daemon_cgroups.cgroup_path(config, service))
+    assert daemon_cgroups.in_cgroup(HOST, new, daemon_cgroups.cgroup_path(config, service))
     assert old not in procs("memory", daemon_cgroups.cgroup_path(config, service))
     wait_for(pods.run.ready, 30, "criplex to be ready again")
 
@@ -162,7 +163,7 @@ def _pid_or_zero(run: CriplexRun, service: str) -> int:
         return 0
 
 
-@pytest.mark.skipif(daemon_cgroups.unified(), reason="reads the cgroup v1 files of this host layout")
+@pytest.mark.skipif(HOST.unified, reason="reads the cgroup v1 files of this host layout")
 def test_the_daemon_cgroups_are_gone_once_criplex_stops():
     parent = f"/criplex-daemons-test-{uuid.uuid4().hex[:8]}"
     run = CriplexRun()

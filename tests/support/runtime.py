@@ -118,7 +118,7 @@ class CriplexRun:
     def remove_daemon_cgroups(self) -> bool:
         """The daemons' cgroups, once empty (runs that share a cgroup parent leave the busy ones)."""
         try:
-            return daemon_cgroups.remove_all(load_config(str(self.config_file)))
+            return daemon_cgroups.remove_all(daemon_cgroups.Hierarchy.detect(), load_config(str(self.config_file)))
         except (OSError, ConfigError):
             return False
 
