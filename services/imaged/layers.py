@@ -119,7 +119,8 @@ class LayerFetcher:
         The streamed apply starts with the download's first bytes (the partial file exists
         then). Its failure never decides the layer: the download may have started over
         meanwhile, and storaged could only judge bytes nobody vouched for. So once the
-        download verified, the complete blob is applied the classic way.
+        download verified, the complete blob is applied the classic way, unless storaged
+        had already consumed it (it deletes the blob once the layer verified).
         """
         first_bytes = asyncio.create_task(started.wait())
         try:
@@ -140,6 +141,8 @@ class LayerFetcher:
         try:
             await apply
         except CriplexError as exc:
+            if not (self._incoming / request.blob).exists():
+                raise  # storaged unpacked and consumed the verified blob: its answer stands
             log.info("layer %s: unpacking while downloading failed (%s); applying the verified blob",
                      request.chain_id, exc.message)
             return False

@@ -59,9 +59,10 @@ class BlobReader(io.RawIOBase):
     """The blob's bytes from the start; with `follow`, reads wait for bytes still to come."""
 
     def __init__(self, fd: int, follow: Follow | None, cancel: threading.Event,
-                 stall_s: float = STALL_SECONDS) -> None:
+                 stall_s: float = STALL_SECONDS, path: Path | None = None) -> None:
         super().__init__()
         self._fd = fd
+        self._path = path
         self._follow = follow
         self._cancel = cancel
         self._abandoned = threading.Event()
@@ -77,7 +78,7 @@ class BlobReader(io.RawIOBase):
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(0, "not a regular file")
-            return cls(fd, follow, cancel)
+            return cls(fd, follow, cancel, path=path)
         except BaseException:
             os.close(fd)
             raise
@@ -135,6 +136,17 @@ class BlobReader(io.RawIOBase):
             return True
 
         self._await(linked)
+
+    def consume(self) -> None:
+        """Delete the blob and close it, once its layer is unpacked and verified.
+
+        Before the unpack's syncfs: a file with no name and no open descriptor has its dirty
+        pages dropped, not written, so the flush writes the layer and not the blob too.
+        """
+        name = self._follow.directory / self._follow.verified if self._follow is not None else self._path
+        if name is not None:
+            name.unlink(missing_ok=True)
+        self.close()
 
     def close(self) -> None:
         if not self.closed:

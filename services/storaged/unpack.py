@@ -50,8 +50,8 @@ _XATTR_SKIP_ERRNOS = {errno.EOPNOTSUPP, errno.EPERM}
 def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, cancel: threading.Event) -> DiskUsage:
     """Create `dest` holding the layer in `blob`; raise if it is unsafe or does not hash to `diff_id`.
 
-    The caller removes `dest` on failure. Everything written is on disk when this returns,
-    and a growing blob has been verified by imaged.
+    The caller removes `dest` on failure. When this returns, a growing blob has been verified
+    by imaged, the blob is deleted, and everything written is on disk.
     """
     compression = compression_for(media_type, blob.magic(MAGIC_BYTES))
     os.mkdir(dest, 0o755)
@@ -64,8 +64,9 @@ def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, can
                 raise InvalidArgument("layer has data after the end of its tar archive")
         if not reader.matches:
             raise DataLoss(f"layer content hashes to {reader.digest}, not to its diff_id {diff_id}")
-        syncfs(root_fd)
         blob.wait_verified()
+        blob.consume()
+        syncfs(root_fd)
     finally:
         os.close(root_fd)
     return disk_usage(dest)
