@@ -132,6 +132,7 @@ class LayerStore:
         # Serialises what changes the set of layers: a commit and a removal.
         self._lock = asyncio.Lock()
         self._unpacks: dict[str, asyncio.Task[Layer]] = {}
+        self._streams: dict[str, BlobReader] = {}  # the running unpacks that follow a download
         # Parents of unpacks in progress: not collectable, or the child would land on nothing.
         self._holds: Counter[str] = Counter()
         self._removing: set[str] = set()
@@ -228,6 +229,12 @@ class LayerStore:
         self._check_ids(req)
         while (record := self.get(req.chain_id)) is None:
             running = self._unpacks.get(req.chain_id)
+            stream = self._streams.get(req.chain_id)
+            if stream is not None:
+                # imaged never applies one chain twice at once: the caller of that streamed
+                # unpack is gone (an imaged restart), and its download will never be linked
+                # under the name it waits for. Ours must not wait out its stall.
+                stream.abandon()
             if running is None or running.done():
                 reader = self._open_blob(req, blob_path)
                 try:
@@ -266,6 +273,8 @@ class LayerStore:
         parent = req.parent_chain_id
         task = asyncio.create_task(self._unpack(req, blob), name=f"unpack {req.chain_id}")
         self._unpacks[req.chain_id] = task
+        if blob.streaming:
+            self._streams[req.chain_id] = blob
         if parent:
             self._holds[parent] += 1
         task.add_done_callback(lambda t: self._unpack_done(t, req))
@@ -274,6 +283,7 @@ class LayerStore:
     def _unpack_done(self, task: asyncio.Task[Layer], req: ApplyLayerRequest) -> None:
         if self._unpacks.get(req.chain_id) is task:
             del self._unpacks[req.chain_id]
+            self._streams.pop(req.chain_id, None)
         if req.parent_chain_id:
             self._holds[req.parent_chain_id] -= 1
             if self._holds[req.parent_chain_id] <= 0:

@@ -12,7 +12,7 @@ import pytest
 
 from services.storaged import layer_store
 from services.storaged.layer_store import TMP_PREFIX, TRASH_PREFIX, LayerStore, chain_id_of, unreferenced
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from shared.schema.storaged import ApplyLayerRequest
 from tests.storaged.conftest import hand_over, needs_root, open_store
 from tests.storaged.tars import Blob, digest, directory, file, layer, write_big_layer
@@ -321,3 +321,25 @@ def test_a_fresh_store_loads_empty(root: Path) -> None:
     store = LayerStore(root)
     asyncio.run(store.load())
     assert len(store) == 0 and store.incoming_dir.is_dir() and store.layers_dir.is_dir()
+
+
+async def test_a_streamed_unpack_whose_caller_is_gone_gives_way_to_the_next_apply(root: Path) -> None:
+    """An imaged restart leaves storaged following a download nobody will ever link as
+    verified; the new imaged's apply of the same layer must not wait out its stall."""
+    store = await open_store(root)
+    blob = layer([file(f"f{i}", os.urandom(64 << 10)) for i in range(16)], compression="none")
+    (store.incoming_dir / "old.partial").write_bytes(blob.data[: len(blob.data) // 2])
+    orphan = asyncio.create_task(store.apply(ApplyLayerRequest(
+        blob.chain_id, blob.parent_chain_id, blob.diff_id, "old-verified", blob.media_type,
+        growing="old.partial", size=len(blob.data))))
+    deadline = time.monotonic() + 20
+    while not list(store.layers_dir.glob(f"{TMP_PREFIX}*")):
+        assert time.monotonic() < deadline, "the streamed unpack never started"
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    stored = await asyncio.wait_for(apply(store, blob, "new"), 20)
+    assert stored.chain_id == blob.chain_id
+    assert time.monotonic() - started < 10  # nowhere near the 60 s stall
+    with pytest.raises(Aborted):
+        await orphan
+    assert (store.incoming_dir / "old.partial").exists()  # imaged's, for a resume
