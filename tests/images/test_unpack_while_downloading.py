@@ -9,7 +9,9 @@ manifest names: the layer must never be stored from it.
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 
 import grpc
 
@@ -98,3 +100,43 @@ def test_a_blob_with_the_right_content_but_the_wrong_digest_is_never_stored(imag
     assert layer_key(image, -1) not in stored_layers(images)
     impostor_name = layer.digest.split(":")[1][:12]
     assert [n for n in incoming(images) if impostor_name in n] == []
+
+
+def test_an_imaged_killed_mid_stream_leaves_storaged_ready_for_the_next_pull(images, lying_registry, repo):
+    """storaged is left following a download whose imaged is gone: the restarted imaged's pull
+    resumes the download and is applied at once, not after the abandoned unpack's stall."""
+    images.allow_insecure(lying_registry.host)
+    layer = many_files_layer()
+    image = build_busybox_image([layer])
+    push(images.registry, f"{repo}:v1", image)
+    release = lying_registry.hold_blob(layer.digest, after_bytes=layer.size // 2)
+    ref = f"{lying_registry.host}/{repo}:v1"
+    imaged_pid = images.run.daemon_pid("imaged")
+    errors: list[BaseException] = []
+
+    def do_pull() -> None:
+        try:
+            pull(images, ref, timeout=120)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=do_pull)
+    thread.start()
+    try:
+        wait_for(lambda: len(unpacking(images)) >= 2, 60, "the unpack to start before the download ends")
+        os.kill(imaged_pid, signal.SIGKILL)
+    finally:
+        release.set()
+        thread.join()
+    assert errors  # the pull in flight died with its imaged
+    wait_for(lambda: images.run.daemon_pid("imaged") not in (0, imaged_pid), 20, "supervisord to restart imaged")
+    wait_for(images.run.ready, 30, "the runtime to be ready again")
+    started = time.monotonic()
+    assert pull(images, ref, timeout=120) == image.config_digest
+    assert time.monotonic() - started < 30  # the orphaned unpack's stall is 60 s
+    ranges = [r.headers.get("range", "") for r in lying_registry.requests_for("blobs", layer.digest)]
+    assert any(r.startswith("bytes=") for r in ranges), ranges  # resumed, not fetched again
+    assert layer_key(image, -1) in stored_layers(images)
+    assert not list((storaged_dir(images) / "layers").glob(".tmp-*"))
+    assert incoming(images) == []
+    remove(images, ref)
