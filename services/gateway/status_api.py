@@ -1,6 +1,12 @@
 """The status API's routes, as CRI-O's `crio status` serves them: /info, /config, /containers/:id,
 and /pause/:id, /unpause/:id.
 
+Where CRI-O wants a full container ID, :id here may also be a prefix of one, as crictl takes
+them: a prefix naming no container is 404, one naming several is 400 with the candidates. 400,
+not 409: in this API 409 says the container's state forbids the action (pause of a stopped
+container); an ambiguous prefix is the request not naming one container at all, whatever the
+containers' states, and only a longer ID from the client fixes it.
+
 Answers come from the gateway's view and its health monitor, never from a round trip, except
 pause and unpause, which monitord carries out with `runc pause` / `runc resume`. The HTTP side
 (h11 on a unix socket) is in `status_server.py`; this module maps a method and a path to a
@@ -15,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import Code, CriplexError, NotFound
+from shared.errors import Code, CriplexError, InvalidArgument, NotFound
 from shared.schema.monitord import PAUSE_CONTAINER, UNPAUSE_CONTAINER, ContainerRecord, ContainerRef
 
 if TYPE_CHECKING:
@@ -25,6 +31,7 @@ if TYPE_CHECKING:
 # remapping is configured; criplex never remaps.
 _FULL_RANGE = [{"container_id": 0, "host_id": 0, "size": 4294967295}]
 _CALL_TIMEOUT_S = 30.0
+_CANDIDATES_SHOWN = 10
 _HTTP_STATUS = {Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 409, Code.INVALID_ARGUMENT: 400,
                 Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504}
 
@@ -51,9 +58,10 @@ async def route(gw: Gateway, method: str, path: str, started_at: float) -> Statu
     if method == "GET" and parts == ["config"]:
         return StatusReply(200, gw.config.to_toml().encode(), "application/toml")
     if method == "GET" and len(parts) == 2 and parts[0] == "containers":
-        found = container_info(gw, parts[1])
-        return StatusReply.json(found) if found is not None else StatusReply.error(
-            404, f"container {parts[1]} not found")
+        try:
+            return StatusReply.json(container_info(gw, resolve_container(gw, parts[1])))
+        except CriplexError as exc:
+            return _error_reply(exc)
     if method == "POST" and len(parts) == 2 and parts[0] in ("pause", "unpause"):
         return await pause(gw, parts[1], parts[0] == "pause")
     known = parts[:1] in (["info"], ["config"], ["containers"], ["pause"], ["unpause"])
@@ -85,11 +93,27 @@ def info(gw: Gateway, started_at: float) -> dict[str, Any]:
     }
 
 
-def container_info(gw: Gateway, id_: str) -> dict[str, Any] | None:
-    """CRI-O's ContainerInfo for one container of the view; None when there is none."""
-    record = gw.view.container(id_)
-    if record is None:
-        return None
+def resolve_container(gw: Gateway, id_or_prefix: str) -> ContainerRecord:
+    """The one container of the view whose ID is, or starts with, `id_or_prefix`.
+
+    NotFound when none does; InvalidArgument, naming some of them, when several do."""
+    exact = gw.view.container(id_or_prefix)
+    if exact is not None:
+        return exact
+    matches = sorted((r for r in gw.view.visible_containers() if r.id.startswith(id_or_prefix)),
+                     key=lambda r: r.id)
+    if not matches:
+        raise NotFound(f"container {id_or_prefix} not found")
+    if len(matches) > 1:
+        shown = ", ".join(r.id for r in matches[:_CANDIDATES_SHOWN])
+        more = f" and {len(matches) - _CANDIDATES_SHOWN} more" if len(matches) > _CANDIDATES_SHOWN else ""
+        raise InvalidArgument(f"container ID prefix {id_or_prefix} is ambiguous: {len(matches)} containers match "
+                              f"({shown}{more})")
+    return matches[0]
+
+
+def container_info(gw: Gateway, record: ContainerRecord) -> dict[str, Any]:
+    """CRI-O's ContainerInfo for one container of the view."""
     config = gw.view.container_config(record)
     sandbox = gw.view.sandbox(record.sandbox_id)
     return {
@@ -113,10 +137,13 @@ def container_info(gw: Gateway, id_: str) -> dict[str, Any] | None:
 async def pause(gw: Gateway, id_: str, frozen: bool) -> StatusReply:
     method = PAUSE_CONTAINER if frozen else UNPAUSE_CONTAINER
     try:
-        if gw.view.container(id_) is None:
-            raise NotFound(f"container {id_} not found")
-        record: ContainerRecord = await gw.monitord.call(method, ContainerRef(id_), _CALL_TIMEOUT_S)
+        target = resolve_container(gw, id_)
+        record: ContainerRecord = await gw.monitord.call(method, ContainerRef(target.id), _CALL_TIMEOUT_S)
     except CriplexError as exc:
-        return StatusReply.error(_HTTP_STATUS.get(exc.code, 500), exc.message)
+        return _error_reply(exc)
     gw.view.apply_container(record)
     return StatusReply.json({"id": record.id, "paused": record.paused})
+
+
+def _error_reply(exc: CriplexError) -> StatusReply:
+    return StatusReply.error(_HTTP_STATUS.get(exc.code, 500), exc.message)

@@ -3,15 +3,22 @@
 `runc exec` without --process reuses the container's own process settings (user, env, cwd,
 capabilities), so only the argv is ours. The runtime stays our child for the whole command,
 which keeps the timeout simple: kill the exec'd process (its pid from --pid-file) and reap runc.
+
+In a container with a tty, `runc exec --tty` in the foreground insists that its own stdio is a
+terminal (it makes that terminal raw and copies it to and from the container's new console), so
+it gets the slave of a pty of ours, and everything the command writes comes back as stdout, as
+CRI-O's conmon -t returns it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import signal
+import termios
 from pathlib import Path
 
 from services.monitord.oci_runtime import OciRuntime
@@ -32,6 +39,40 @@ async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
             into += chunk[:room]
 
 
+async def _drain_pty(master: int, into: bytearray) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_reader(master, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(master)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # how a pty master says every slave fd is closed
+                return
+            raise
+        if not chunk:
+            return
+        room = OUTPUT_CAP - len(into)
+        if room > 0:
+            into += chunk[:room]
+
+
+def _open_pty() -> tuple[int, int]:
+    master, slave = os.openpty()
+    # The output is returned as it was written: no "\n" -> "\r\n" on the way out.
+    attrs = termios.tcgetattr(slave)
+    attrs[1] &= ~termios.ONLCR
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    os.set_blocking(master, False)
+    return master, slave
+
+
 def _kill_exec_process(pid_file: Path) -> None:
     try:
         pid = int(pid_file.read_text().strip())
@@ -45,12 +86,24 @@ async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...]
                     scratch_dir: Path) -> ExecSyncResponse:
     pid_file = scratch_dir / f"exec-{secrets.token_hex(8)}.pid"
     argv = runtime.argv("exec", *(["--tty"] if tty else []), "--pid-file", str(pid_file), container_id, *cmd)
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
     stdout, stderr = bytearray(), bytearray()
-    readers = [asyncio.create_task(_drain(proc.stdout, stdout)), asyncio.create_task(_drain(proc.stderr, stderr))]
+    master = -1
+    if tty:
+        master, slave = _open_pty()
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # runc holds it now: once runc is gone, the master reads EIO
+        readers = [asyncio.create_task(_drain_pty(master, stdout))]
+    else:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [asyncio.create_task(_drain(proc.stdout, stdout)), asyncio.create_task(_drain(proc.stderr, stderr))]
     try:
         try:
             async with asyncio.timeout(timeout or None):
@@ -69,6 +122,9 @@ async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...]
                 await asyncio.shield(proc.wait())
         for reader in readers:
             reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        if master >= 0:
+            os.close(master)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
     return ExecSyncResponse(bytes(stdout), bytes(stderr), code)

@@ -151,3 +151,64 @@ def test_criplex_status_subcommands_are_the_api_client(pod: Pods) -> None:
     plain = criplex(pod.run, "status")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "RUNNING" in plain.stdout and "RuntimeReady" in plain.stdout
+
+
+def _container_ids(pods: Pods) -> list[str]:
+    return [c.id for c in pods.client.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=10).containers]
+
+
+def _shortest_unique_prefix(cid: str, ids: list[str]) -> str:
+    others = [other for other in ids if other != cid]
+    return next(cid[:n] for n in range(1, len(cid) + 1) if not any(o.startswith(cid[:n]) for o in others))
+
+
+def test_container_info_accepts_a_unique_id_prefix_as_crictl_does(pod: Pods) -> None:
+    _, cid = _running_container(pod)
+    full = json.loads(http(pod.run, "GET", f"/containers/{cid}").body)
+    shortest = _shortest_unique_prefix(cid, _container_ids(pod))
+    for prefix in {shortest, cid[:12]}:
+        answer = http(pod.run, "GET", f"/containers/{prefix}")
+        assert answer.status == 200, (prefix, answer.body)
+        assert json.loads(answer.body) == full
+
+
+def test_an_id_prefix_matching_no_container_is_404(pod: Pods) -> None:
+    _running_container(pod)
+    ids = _container_ids(pod)
+    unused = next(c for c in "0123456789abcdef" if not any(i.startswith(c) for i in ids)) * 12
+    answer = http(pod.run, "GET", f"/containers/{unused}")
+    assert answer.status == 404
+    assert unused in answer.body
+
+
+def test_an_ambiguous_id_prefix_is_400_naming_the_candidates(pod: Pods) -> None:
+    """400, not 409: 409 means a container's state forbids the action; here the request names no one container."""
+    sid = pod.run_pod(sandbox_config())
+    by_first: dict[str, list[str]] = {}
+    # 17 IDs always share a first hex digit; a pair usually turns up within a handful.
+    for n in range(17):
+        cid = pod.create(sid, container_config(pod.image, ["sleep", "300"], name=f"c{n}"))
+        by_first.setdefault(cid[0], []).append(cid)
+        if len(by_first[cid[0]]) == 2:
+            break
+    prefix, pair = next((first, ids) for first, ids in by_first.items() if len(ids) == 2)
+    candidates = [i for i in _container_ids(pod) if i.startswith(prefix)]
+    for method, target in (("GET", f"/containers/{prefix}"), ("POST", f"/pause/{prefix}")):
+        answer = http(pod.run, method, target)
+        assert answer.status == 400, (target, answer.body)
+        assert "ambiguous" in answer.body
+        assert all(c in answer.body for c in candidates)
+    # One more digit than the pair shares names one of them again.
+    longer = _shortest_unique_prefix(pair[0], _container_ids(pod))
+    assert json.loads(http(pod.run, "GET", f"/containers/{longer}").body)["name"].startswith("k8s_c")
+
+
+def test_pause_and_unpause_accept_a_unique_id_prefix(pod: Pods) -> None:
+    _, cid = _running_container(pod)
+    prefix = _shortest_unique_prefix(cid, _container_ids(pod))
+    answer = http(pod.run, "POST", f"/pause/{prefix}")
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body) == {"id": cid, "paused": True}
+    assert runc_status(pod.run, cid) == "paused"
+    assert http(pod.run, "POST", f"/unpause/{prefix}").status == 200
+    assert runc_status(pod.run, cid) == "running"

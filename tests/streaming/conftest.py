@@ -31,3 +31,14 @@ def crictl(pods: Pods) -> Iterator[list[str]]:  # noqa: F811 - the imported fixt
 def run_crictl(crictl: list[str], *args: str, input: bytes | None = None, timeout: float = 60
                ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*crictl, *args], input=input, capture_output=True, timeout=timeout)
+
+
+def size_poll(height: int, width: int) -> bytes:
+    """Shell input that prints `size:<rows> <cols>` once the terminal has that size (or after ~10 s).
+
+    With a tty, the command can start before the size reaches its console: `runc exec -t` copies
+    it after starting the process, and conmon applies a resize independently of stdin. So the
+    test asks until the answer is right, and asserts on what the shell finally prints.
+    """
+    return (f'for i in $(seq 100); do s=$(busybox stty size 2>/dev/null); [ "$s" = "{height} {width}" ] && break; '
+            f'sleep 0.1; done; echo "size:$s"\n').encode()

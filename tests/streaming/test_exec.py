@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from shared.cri import api_pb2
-from tests.streaming.conftest import run_crictl
+from tests.streaming.conftest import run_crictl, size_poll
 from tests.support.pods import Pods
 from tests.support.runtime import wait_for
 from tests.support.spdy_client import RemoteCommand, SpdyClient, UpgradeRefused, run_exec
@@ -80,13 +80,13 @@ def test_exec_tty_reports_the_resized_terminal(pod):
         assert session.resize is not None and session.stdin is not None
         await session.send_resize(100, 30)
         # The prompt and echo come back through the tty; ask for the size after the resize landed.
-        await session.stdin.write(b"busybox stty size; exit 0\n")
+        await session.stdin.write(size_poll(30, 100) + b"exit 0\n")
         result = await session.finish()
         assert result.exit_code == 0
         return result.stdout
 
     output = asyncio.run(go())
-    assert b"30 100" in output.replace(b"\r", b"")
+    assert b"size:30 100" in output
 
 
 def test_exec_tty_with_crictl_under_a_pty(pod, crictl):
@@ -165,6 +165,31 @@ def test_a_client_leaving_mid_command_kills_the_command(pod):
 
     wait_for(lambda: not sleeping() and b"sleep 4242" not in pod.exec(cid, ["ps"]).stdout, 20,
              "the exec'd sleep to be killed")
+
+
+def test_clients_leaving_as_their_commands_start_leave_no_command_running(pod):
+    """Each client leaves the moment its streams are open: while runc starts, or before it has
+    written the command's pid. Every command must still be killed."""
+    _, cid = pod.run_container(SLEEP)
+    urls = [exec_url(pod, cid, ["sleep", str(4700 + i)]) for i in range(12)]
+
+    async def leave_at_once(url: str) -> None:
+        session = await RemoteCommand.open(url)
+        await session.client.close()
+
+    async def go() -> None:
+        await asyncio.gather(*(leave_at_once(url) for url in urls))
+
+    asyncio.run(go())
+
+    def in_container() -> list[str]:
+        return [line for line in pod.exec(cid, ["ps"]).stdout.decode().splitlines() if "sleep 47" in line]
+
+    def runc_execs() -> list[bytes]:
+        return [_cmdline(p) for p in os.listdir("/proc") if p.isdigit() and b"sleep 47" in _cmdline(p)]
+
+    wait_for(lambda: not in_container() and not runc_execs(), 30,
+             "every exec'd sleep and its runc exec to be gone")
 
 
 def _cmdline(pid: str) -> bytes:

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from tests.streaming.conftest import size_poll
 from tests.streaming.test_attach import TICKER, attach_url
 from tests.streaming.test_exec import SLEEP, exec_url
 from tests.streaming.test_port_forward import GET, HTTPD, forward_url, serving
@@ -61,12 +62,12 @@ def test_v5_exec_tty_reports_the_resized_terminal(pod):
     async def go():
         session = await WsRemoteCommand.open(exec_url(pod, cid, ["sh"], stdin=True, tty=True))
         await session.send_resize(100, 30)
-        await session.write_stdin(b"busybox stty size; exit 0\n")
+        await session.write_stdin(size_poll(30, 100) + b"exit 0\n")
         return await session.finish()
 
     result = asyncio.run(go())
     assert result.exit_code == 0
-    assert b"30 100" in result.stdout.replace(b"\r", b"")
+    assert b"size:30 100" in result.stdout
 
 
 def test_v4_attach_sees_what_the_container_writes(pod):

@@ -3,6 +3,8 @@
 - `v5.channel.k8s.io` / `v4.channel.k8s.io` exec and attach: binary messages of one channel
   byte plus payload; v5 ends stdin with the CLOSE signal [255, 0]; the session ends when the
   server closes the WebSocket, the Status JSON having arrived on channel 3.
+- `v4.base64.channel.k8s.io` / `base64.channel.k8s.io`: the same channels in text messages,
+  the channel as an ASCII digit then the payload in base64 (client-go's old wsstream codec).
 - `SPDY/3.1+portforward.k8s.io`: the SPDY client of spdy_client.py over the WebSocket, each
   write one binary message (client-go's TunnelingConnection).
 - the kubelet's port-forward channels: per query port i, data 2i and error 2i+1, each first
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import urllib.parse
@@ -26,12 +29,14 @@ from wsproto.events import (
     RejectConnection,
     RejectData,
     Request,
+    TextMessage,
 )
 
 from tests.support.spdy_client import ExecResult, SpdyClient, UpgradeRefused
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
 CLOSE_SIGNAL = 255
+BASE64_PROTOCOLS = ("v4.base64.channel.k8s.io", "base64.channel.k8s.io")
 
 
 class WsClient:
@@ -42,7 +47,10 @@ class WsClient:
         self.ws = ws
         self.protocol = protocol
         self._message = bytearray()
+        self._text = ""
         self._ready: list[bytes] = []
+        self.text_messages = 0
+        self.binary_messages = 0
         self.closed = False
         self.close_code: int | None = None
 
@@ -85,6 +93,13 @@ class WsClient:
                 if event.message_finished:
                     self._ready.append(bytes(self._message))
                     self._message.clear()
+                    self.binary_messages += 1
+            elif isinstance(event, TextMessage):
+                self._text += event.data
+                if event.message_finished:
+                    self._ready.append(self._text.encode())
+                    self._text = ""
+                    self.text_messages += 1
             elif isinstance(event, Ping):
                 self.writer.write(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
@@ -107,10 +122,11 @@ class WsClient:
             self._collect(self.ws)
         return self._ready.pop(0)
 
-    def send_nowait(self, data: bytes) -> None:
-        self.writer.write(self.ws.send(BytesMessage(data=data)))
+    def send_nowait(self, data: bytes | str) -> None:
+        message = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+        self.writer.write(self.ws.send(message))
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | str) -> None:
         self.send_nowait(data)
         await self.writer.drain()
 
@@ -137,8 +153,18 @@ class WsRemoteCommand:
     async def open(cls, url: str, protocols: tuple[str, ...] = ("v5.channel.k8s.io",)) -> WsRemoteCommand:
         return cls(await WsClient.connect(url, protocols))
 
+    @property
+    def base64(self) -> bool:
+        return self.client.protocol in BASE64_PROTOCOLS
+
+    async def send_on(self, channel: int, data: bytes) -> None:
+        if self.base64:
+            await self.client.send(chr(ord("0") + channel) + base64.b64encode(data).decode())
+        else:
+            await self.client.send(bytes((channel,)) + data)
+
     async def write_stdin(self, data: bytes) -> None:
-        await self.client.send(bytes((STDIN,)) + data)
+        await self.send_on(STDIN, data)
 
     async def close_stdin(self) -> None:
         await self.client.send(bytes((CLOSE_SIGNAL, STDIN)))
@@ -146,7 +172,7 @@ class WsRemoteCommand:
     async def send_resize(self, width: int, height: int) -> None:
         # client-go writes each size with a json.Encoder: one line per message
         size = json.dumps({"Width": width, "Height": height}).encode() + b"\n"
-        await self.client.send(bytes((RESIZE,)) + size)
+        await self.send_on(RESIZE, size)
 
     async def read_until(self, channel: int, needle: bytes, timeout: float = 20.0) -> bytes:
         async with asyncio.timeout(timeout):
@@ -159,6 +185,8 @@ class WsRemoteCommand:
         message = await self.client.receive()
         if message is None:
             return False
+        if self.base64 and message:
+            message = bytes((message[0] - ord("0"),)) + base64.b64decode(message[1:], validate=True)
         if len(message) == 1 and self.first_empty is None:
             self.first_empty = message[0]
         if message and message[0] in self.outputs:

@@ -24,8 +24,10 @@ import secrets
 import signal
 import struct
 import termios
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from services.gateway.streaming.channel import Channel
 from services.gateway.streaming.connection import StreamClosed
@@ -38,6 +40,7 @@ _READ_SIZE = 64 * 1024
 # After the command ends, its own background children may still hold the output open.
 _DRAIN_GRACE_S = 1.0
 _REAP_GRACE_S = 10.0
+_PID_FILE_POLL_S = 0.01
 # Clients send the size at once; a loaded machine (CI's 2 busy cores) can still take a moment.
 _FIRST_SIZE_WAIT_S = 5.0
 
@@ -71,8 +74,8 @@ async def run_exec(request: ExecSession, channels: Channels, scratch_dir: Path) 
 
 async def _run_with_pipes(request: ExecSession, channels: Channels, pid_file: Path) -> asyncio.subprocess.Process:
     pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-    proc = await asyncio.create_subprocess_exec(
-        *exec_argv(request, pid_file), stdin=pipe if channels.stdin else null,
+    proc = await _start_runtime(
+        exec_argv(request, pid_file), pid_file, stdin=pipe if channels.stdin else null,
         stdout=pipe if channels.stdout else null, stderr=pipe if channels.stderr else null)
     outputs = []
     if channels.stdout is not None:
@@ -123,8 +126,7 @@ async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path
         with contextlib.suppress(TimeoutError, StopAsyncIteration):
             resize_pty(master, await asyncio.wait_for(anext(sizes), _FIRST_SIZE_WAIT_S))
     try:
-        proc = await asyncio.create_subprocess_exec(*exec_argv(request, pid_file), stdin=slave, stdout=slave,
-                                                    stderr=slave)
+        proc = await _start_runtime(exec_argv(request, pid_file), pid_file, stdin=slave, stdout=slave, stderr=slave)
     except BaseException:
         os.close(master)
         raise
@@ -211,12 +213,45 @@ async def _write_fd(fd: int, data: bytes) -> None:
             loop.remove_writer(fd)
 
 
+async def _start_runtime(argv: list[str], pid_file: Path, **stdio: Any) -> asyncio.subprocess.Process:
+    """Start the runtime. A cancellation (the client left) landing while it starts must still stop
+    what was started: asyncio would kill only runc, and the command would live on without it."""
+    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **stdio))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        try:
+            proc = await starting
+        except Exception:  # it did not start: nothing to stop
+            raise asyncio.CancelledError from None
+        await _stop(proc, pid_file)
+        raise
+
+
+async def _exec_pid(proc: asyncio.subprocess.Process, pid_file: Path) -> int:
+    """The exec'd process's pid, once runc has written it (0 if runc ends or stalls first).
+
+    runc writes the file right after the process exists; a client that leaves at once can get
+    here before that, and runc gives no other sign, so the file is polled."""
+    deadline = time.monotonic() + _REAP_GRACE_S
+    while True:
+        try:
+            return int(pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        if proc.returncode is not None or time.monotonic() > deadline:
+            return 0
+        await asyncio.sleep(_PID_FILE_POLL_S)
+
+
 async def _stop(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
     """Kill the exec'd process (killing only runc would leave it running in the container), reap runc."""
     try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        pid = 0  # runc has not started it yet: killing runc below is enough
+        pid = await asyncio.shield(_exec_pid(proc, pid_file))
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     if pid > 0:
         # runc is alive and has not reaped its child, so the pid cannot have been reused yet.
         with contextlib.suppress(ProcessLookupError):

@@ -26,6 +26,7 @@ from services.gateway.streaming.port_forward_session import is_port_forward_stre
 from services.gateway.streaming.remotecommand import (
     PROTOCOLS as REMOTECOMMAND_PROTOCOLS,
 )
+from services.gateway.streaming.remotecommand import V1 as REMOTECOMMAND_V1
 from services.gateway.streaming.remotecommand import V4 as REMOTECOMMAND_V4
 from services.gateway.streaming.remotecommand import (
     Channels,
@@ -162,8 +163,9 @@ class StreamServer:
             # The WebSocket subprotocols carry v4's stream set and its Status on the error channel.
             layout = websocket.remotecommand_channels(wanted.stream_types(REMOTECOMMAND_V4))
         session = websocket.WsChannelSession(ws, layout, idle_timeout=self._config.idle_timeout,
-                                             half_close=protocol == websocket.V5)
-        await self._run_session(session, self._work_over_channels(session, prepared, ports), prepared)
+                                             half_close=protocol == websocket.V5,
+                                             base64_codec=protocol in websocket.BASE64_PROTOCOLS)
+        await self._run_session(session, self._work_over_channels(session, prepared, protocol), prepared)
 
     async def _run_session(self, session: SpdySession | websocket.WsChannelSession,
                            work: Coroutine[Any, Any, None], prepared: Prepared) -> None:
@@ -196,7 +198,7 @@ class StreamServer:
         await self._remote_command(prepared, channels)
 
     async def _work_over_channels(self, session: websocket.WsChannelSession, prepared: Prepared,
-                                  ports: tuple[int, ...]) -> None:
+                                  protocol: str) -> None:
         if isinstance(prepared, PortForwardSession):
             # The kubelet opens each channel by writing its port on it.
             for number, channel in session.channels.items():
@@ -205,7 +207,9 @@ class StreamServer:
             return
         await session.send(websocket.first_writable({c.id: c.headers for c in session.channels.values()}), b"")
         found = {channel.type: channel for channel in session.channels.values()}
-        channels = Channels(REMOTECOMMAND_V4, **found)
+        # Only the pre-v4 subprotocol (base64.channel.k8s.io here) keeps v1's plain error message.
+        outcome = REMOTECOMMAND_V1 if protocol == websocket.BASE64 else REMOTECOMMAND_V4
+        channels = Channels(outcome, **found)
         for channel in (channels.error, channels.stdout, channels.stderr):
             if channel is not None:
                 channel.discard_input()

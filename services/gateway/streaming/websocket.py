@@ -9,6 +9,10 @@ Two shapes, both ending in the channels the session logic already uses (channel.
   `port` in the query, data 2i and error 2i+1, each opened by the server writing the port as
   2 bytes little-endian. v5 adds the message [255, channel], which half-closes that channel
   (how a v5 client ends stdin); a v4 client's stdin ends only with the connection.
+  The base64 variants (`v4.base64.channel.k8s.io`, and `base64.channel.k8s.io`, whose error
+  channel carries v1's plain message) send text messages instead: the channel as an ASCII
+  digit ('0' + n), then the payload in standard base64. Clients may send either text or
+  binary messages in that form, as the kubelet reads both.
   (apimachinery util/httpstream/wsstream, kubelet cri/streaming remotecommand/portforward.)
 - `SPDY/3.1+portforward.k8s.io`: the whole SPDY session, its bytes carried in binary messages
   with no channel byte (client-go tools/portforward TunnelingConnection). `WsByteStream`
@@ -21,11 +25,14 @@ from many tasks never interleave inside a message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import struct
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
@@ -39,20 +46,56 @@ log = logging.getLogger(__name__)
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
+V4_BASE64 = "v4.base64.channel.k8s.io"
+BASE64 = "base64.channel.k8s.io"
 SPDY_TUNNEL = "SPDY/3.1+portforward.k8s.io"
-REMOTECOMMAND_PROTOCOLS = (V5, V4)
+BASE64_PROTOCOLS = (V4_BASE64, BASE64)
+# Binary first, as the offer in a refusal reads; the client's order picks among them.
+REMOTECOMMAND_PROTOCOLS = (V5, V4, V4_BASE64, BASE64)
 # "" is the kubelet's: a port-forward client that offers no subprotocol gets the channel format.
-PORT_FORWARD_PROTOCOLS = (SPDY_TUNNEL, V4, "")
+PORT_FORWARD_PROTOCOLS = (SPDY_TUNNEL, V4, V4_BASE64, "")
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
 CLOSE_SIGNAL = 255
 _REMOTECOMMAND_CHANNELS = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR, "resize": RESIZE}
 
 _READ_SIZE = 256 * 1024
+# A base64 message is decoded whole; client-go writes at most 32 KiB of payload in one.
+_BASE64_MESSAGE_MAX = 4 * 1024 * 1024
+_CLOSE_INVALID_PAYLOAD = 1007
+_CLOSE_TOO_BIG = 1009
+
+
+class Piece(NamedTuple):
+    """Part of a received data message (text arrives as its UTF-8 bytes)."""
+
+    data: bytes
+    starts: bool  # the first piece of its message
+    finished: bool  # the last piece of its message
+    text: bool
+
+
+def encode_base64(number: int, data: bytes) -> str:
+    """One message of a base64 channel subprotocol: the channel as '0' + n, then the payload."""
+    return chr(ord("0") + number) + base64.b64encode(data).decode("ascii")
+
+
+def decode_base64(message: bytes) -> tuple[int, bytes]:
+    """The channel and payload of a base64 channel message; ValueError if it is not one."""
+    if not message:
+        raise ValueError("an empty message names no channel")
+    number = message[0] - ord("0")
+    if number < 0:
+        raise ValueError(f"{message[:1]!r} is not a channel digit")
+    try:
+        # Go's StdEncoding, which the kubelet decodes with, skips line breaks; nothing else.
+        return number, base64.b64decode(message[1:].replace(b"\r", b"").replace(b"\n", b""), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"bad base64 on channel {number}: {exc}") from None
 
 
 class WebSocket:
-    """The server side of an accepted WebSocket: binary payload in, binary messages out.
+    """The server side of an accepted WebSocket: message payload in, binary or text messages out.
 
     Pings are answered and the closing handshake completed here, so callers see only data."""
 
@@ -65,8 +108,8 @@ class WebSocket:
         self.ended = False
         self._in_message = False
 
-    async def receive(self) -> list[tuple[bytes, bool]] | None:
-        """The binary payload that arrived next, as (piece, starts a message) pairs; None at the end."""
+    async def receive(self) -> list[Piece] | None:
+        """The message payload that arrived next, in pieces; None at the end."""
         while not self.ended:
             pieces = self._drain_events()
             if pieces:
@@ -77,15 +120,14 @@ class WebSocket:
             self._ws.receive_data(data or None)
         return None
 
-    def _drain_events(self) -> list[tuple[bytes, bool]]:
-        pieces: list[tuple[bytes, bool]] = []
+    def _drain_events(self) -> list[Piece]:
+        pieces: list[Piece] = []
         for event in self._ws.events():
             match event:
                 case BytesMessage(data=data, frame_finished=_, message_finished=finished):
-                    pieces.append((data, self._starts_message(finished)))
-                case TextMessage():
-                    # base64.channel.k8s.io is not offered, so text has no meaning here.
-                    log.info("ignoring a WebSocket text message")
+                    pieces.append(Piece(data, self._starts_message(finished), finished, False))
+                case TextMessage(data=text, frame_finished=_, message_finished=finished):
+                    pieces.append(Piece(text.encode(), self._starts_message(finished), finished, True))
                 case Ping():
                     self._write(self._ws.send(event.response()))
                 case CloseConnection():
@@ -103,12 +145,13 @@ class WebSocket:
     def open(self) -> bool:
         return self._ws.state is ConnectionState.OPEN
 
-    def send_nowait(self, data: bytes) -> None:
+    def send_nowait(self, data: bytes | str) -> None:
+        """One message: binary for bytes, text for str."""
         if not self.open:
             raise ConnectionError("the WebSocket is closed")
         self._write(self._ws.send(Message(data=data)))
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | str) -> None:
         self.send_nowait(data)
         await self._writer.drain()
 
@@ -142,7 +185,7 @@ class WsByteStream:
             pieces = await self._ws.receive()
             if pieces is None:
                 return b""
-            self._pending = [piece for piece, _start in pieces]
+            self._pending = [piece.data for piece in pieces if not piece.text]
         data = b"".join(self._pending)
         self._pending = []
         return data
@@ -204,11 +247,13 @@ class WsChannelSession:
     idle timeout passes; `accept()` hands out the channels, then None."""
 
     def __init__(self, ws: WebSocket, channels: dict[int, spdy.Headers], *, idle_timeout: float,
-                 half_close: bool) -> None:
+                 half_close: bool, base64_codec: bool = False) -> None:
         self._ws = ws
         self.channels = {number: WsChannel(self, number, headers) for number, headers in channels.items()}
         self._unaccepted = list(self.channels.values())
         self._half_close = half_close
+        self._base64 = base64_codec
+        self._message = bytearray()  # a base64 message, until its last piece
         self._idle_timeout = idle_timeout
         self._last_activity = time.monotonic()
         self._served = asyncio.Event()
@@ -223,15 +268,20 @@ class WsChannelSession:
         if self.closed:
             raise ConnectionError("the WebSocket session is closed")
         self._last_activity = time.monotonic()
-        await self._ws.send(bytes((number,)) + data)
+        await self._ws.send(encode_base64(number, data) if self._base64 else bytes((number,)) + data)
 
     async def serve(self) -> None:
         watchdog = asyncio.create_task(self._watch_idle())
         try:
             while (pieces := await self._ws.receive()) is not None:
                 self._last_activity = time.monotonic()
-                for piece, starts in pieces:
-                    await self._dispatch(piece, starts)
+                for piece in pieces:
+                    if self.closed:
+                        break
+                    if self._base64:
+                        await self._dispatch_base64(piece)
+                    elif not piece.text:  # text means nothing in the binary subprotocols
+                        await self._dispatch(piece.data, piece.starts)
             self.end_reason = self.end_reason or "the client closed the connection"
         except (ConnectionError, TimeoutError) as exc:
             self.end_reason = self.end_reason or f"connection lost: {exc}"
@@ -258,6 +308,33 @@ class WsChannelSession:
         if self._current is not None:
             await self._current._deliver(piece)
 
+    async def _dispatch_base64(self, piece: Piece) -> None:
+        if piece.starts:
+            self._message.clear()
+        self._message += piece.data
+        if len(self._message) > _BASE64_MESSAGE_MAX:
+            self.end_reason = f"a base64 message over {_BASE64_MESSAGE_MAX} bytes"
+            await self.close(_CLOSE_TOO_BIG, "message too big")
+            return
+        if not piece.finished:
+            return
+        message = bytes(self._message)
+        self._message.clear()
+        if not message:
+            return  # the kubelet skips empty messages
+        try:
+            number, data = decode_base64(message)
+        except ValueError as exc:
+            # The kubelet stops reading the connection at a message it cannot decode.
+            self.end_reason = f"undecodable base64 message: {exc}"
+            await self.close(_CLOSE_INVALID_PAYLOAD, "invalid base64 channel message")
+            return
+        channel = self.channels.get(number)
+        if channel is None:
+            log.info("ignoring a message on unknown channel %d", number)
+            return
+        await channel._deliver(data)
+
     async def _watch_idle(self) -> None:
         while True:
             remaining = self._last_activity + self._idle_timeout - time.monotonic()
@@ -273,13 +350,13 @@ class WsChannelSession:
         del grace  # the close handshake is the client's cue; nothing to wait for before it
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         if self.closed:
             return
         self.closed = True
         for channel in self.channels.values():
             channel._remote_ended()
-        await self._ws.close()
+        await self._ws.close(code, reason)
 
 
 def remotecommand_channels(wanted_types: set[str]) -> dict[int, spdy.Headers]:
