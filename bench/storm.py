@@ -2,8 +2,9 @@
 
 Each runtime starts kubelet-shaped pods (bench/pods.py) on an idle node, then again while
 8 pulls of distinct ~200 MB images (incompressible layers, so every byte is downloaded,
-hashed and unpacked) run at once. criplex runs twice: as configured by default (daemon
-cgroups, the gateway's pull bound) and with both turned off, to show what they buy.
+hashed and unpacked) run at once. criplex runs three times: as configured by default (daemon
+cgroups, the gateway's pull bound, pulls yielding to pod starts), with pulls not yielding, and
+with the cgroups and the bound turned off too, to show what each buys.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def criplex(registry: Registry, work: Path, pause: str, name: str, capped: bool,
     parent = f"/bench-criplex-{uuid.uuid4().hex[:8]}"
     bound = pull_bound if capped else 64
     uncapped = f"[gateway]\nmax_concurrent_pulls = {bound}\n" if bound else ""
+    if not capped:
+        uncapped += "pulls_yield_ms = 0\n"
     run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc") + uncapped + extra_toml)
     daemon_parent = f"/bench-criplex-daemons-{uuid.uuid4().hex[:8]}" if capped else ""
     text = run.config_file.read_text()
@@ -171,8 +174,10 @@ def run() -> None:
         storm_refs = _push_storm_images(registry)
         figures = []
         with registry_aside(registry):
-            for name, capped in (("criplex", True), ("criplex, no caps", False)):
-                with criplex(registry, work, pause, name, capped) as target:
+            for name, capped, extra in (("criplex", True, ""),
+                                        ("criplex, pulls not yielding", True, "[gateway]\npulls_yield_ms = 0\n"),
+                                        ("criplex, no caps", False, "")):
+                with criplex(registry, work, pause, name, capped, extra_toml=extra) as target:
                     pull(target.socket, image, pause)
                     figures.append(asyncio.run(_measure(target, image, storm_refs, Path(tempfile.mkdtemp(dir=work)))))
             with containerd(registry, pause) as target:

@@ -83,6 +83,9 @@ class GatewayConfig:
     # within their deadline, so a flood of them cannot take every worker of imaged or monitord.
     max_concurrent_pulls: int = 4
     max_concurrent_exec_sync: int = 16
+    # The longest a pull's download or unpack step pauses while pod starts are in flight
+    # (shared/pod_starts.py); 0: pulls never yield.
+    pulls_yield_ms: int = 200
     cpu_weight: int = LIFECYCLE_WEIGHT
     memory_max: str = "512m"
 
@@ -92,6 +95,8 @@ class GatewayConfig:
                self.max_concurrent_pulls)
         _check(self.max_concurrent_exec_sync >= 1, "gateway.max_concurrent_exec_sync", "at least 1",
                self.max_concurrent_exec_sync)
+        _check(0 <= self.pulls_yield_ms <= 10_000, "gateway.pulls_yield_ms", "milliseconds from 0 to 10000",
+               self.pulls_yield_ms)
         _check(self.socket == "" or self.socket.startswith("/"), "gateway.socket", "an absolute path",
                self.socket)
         _check(len(self.socket_mode) in (3, 4) and all(c in "01234567" for c in self.socket_mode),

@@ -25,6 +25,7 @@ from services.gateway.status_server import serve_status
 from services.gateway.view import StateView, ViewSync
 from shared.config import DAEMONS, Config
 from shared.daemon import install_reload
+from shared.pod_starts import PodStarts
 from shared.tracing import Tracing
 from shared.transport import DaemonClient
 
@@ -52,6 +53,7 @@ class Gateway:
         self.cri_metrics = CriMetrics() if config.metrics.enable else None
         self.metrics_changed = asyncio.Event()  # set by a reload that changed [metrics]
         self.bounds = CallBounds(config.gateway)
+        self.pod_starts = PodStarts(config.paths.run_dir)
 
     def on_reload(self, config: Config) -> None:
         """SIGHUP: handlers and the pause image are read from `self.config` on each call; tracing
@@ -69,6 +71,7 @@ class Gateway:
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
+        self.pod_starts.close()
 
 
 def _prepare_socket(path: Path) -> None:

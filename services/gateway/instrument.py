@@ -152,6 +152,8 @@ _POLLED = frozenset({
     "ContainerStatus", "ListImages", "ImageStatus", "ImageFsInfo", "ContainerStats", "ListContainerStats",
     "PodSandboxStats", "ListPodSandboxStats",
 })
+# The calls of a pod start, which pulls yield to while they run.
+_POD_STARTS = frozenset({"RunPodSandbox", "CreateContainer", "StartContainer"})
 
 
 def _error_label(exc: BaseException) -> str:
@@ -166,6 +168,12 @@ def instrument(gateway: Gateway, method: str, handler: Handler) -> GrpcHandler:
     outcome = _Outcome(method, _Throttle(_UNDECODABLE_LOG_INTERVAL_S))
 
     async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if method in _POD_STARTS:
+            with gateway.pod_starts.starting():  # pulls step aside meanwhile (shared/pod_starts.py)
+                return await serve_call(request, context)
+        return await serve_call(request, context)
+
+    async def serve_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         call = _call(method, default_timeout, context)
         # Read per call, not once: a reload turns tracing and metrics on and off.

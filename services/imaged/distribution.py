@@ -153,9 +153,11 @@ class RegistryClient:
             raise DataLoss(f"{what}: {len(body)} bytes, the manifest says {descriptor.size}")
         return body
 
-    async def download(self, descriptor: Descriptor, dest: Path, on_bytes: Callable[[int], None]) -> None:
+    async def download(self, descriptor: Descriptor, dest: Path, on_bytes: Callable[[int], None],
+                       pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stream a layer blob into `dest` while hashing it; raise DataLoss unless it verifies.
 
+        `pause` is awaited between two chunks (pulls yield to pod starts, shared/pod_starts.py).
         Bytes already in `dest` (what an interrupted imaged left, see layers.py) are hashed
         again and the download goes on after them with a Range request. They were never
         verified on their own, so if the whole then fails to verify, the blob is fetched once
@@ -167,7 +169,7 @@ class RegistryClient:
             kept = written
             if kept:
                 on_bytes(kept)
-            hasher, written = await self._receive(descriptor, out, hasher, written, on_bytes, what)
+            hasher, written = await self._receive(descriptor, out, hasher, written, on_bytes, what, pause)
             if kept and not _verifies(descriptor, hasher, written):
                 log.warning("%s: the %d bytes kept from an interrupted download did not verify; "
                             "fetching it from the start", what, kept)
@@ -175,14 +177,15 @@ class RegistryClient:
                 out.truncate()
                 on_bytes(-written)
                 hasher, written = await self._receive(descriptor, out, new_hasher(descriptor.digest), 0,
-                                                      on_bytes, what)
+                                                      on_bytes, what, pause)
         if not _verifies(descriptor, hasher, written):
             actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
             raise DataLoss(f"{what}: received {written} bytes hashing to {actual}; expected "
                            f"{descriptor.size} bytes hashing to {descriptor.digest}")
 
     async def _receive(self, descriptor: Descriptor, out: BinaryIO, hasher: Any, written: int,
-                       on_bytes: Callable[[int], None], what: str) -> tuple[Any, int]:
+                       on_bytes: Callable[[int], None], what: str,
+                       pause: Callable[[], Awaitable[None]] | None) -> tuple[Any, int]:
         """Append the blob's bytes after the `written` already in `out`; (hasher, bytes written).
 
         An interrupted body is resumed with a Range request from the bytes already
@@ -210,6 +213,8 @@ class RegistryClient:
                 sink = _BlobSink(loop, hasher, out)
                 try:
                     async for chunk in response.aiter_raw():
+                        if pause is not None:
+                            await pause()
                         written += len(chunk)
                         if written > descriptor.size:
                             raise DataLoss(f"{what}: more than the {descriptor.size} bytes the manifest says")

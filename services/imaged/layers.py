@@ -33,6 +33,7 @@ from services.imaged.distribution import RegistryClient
 from services.imaged.inflight import Fanout, Listener, SharedTasks
 from services.imaged.manifest import Descriptor
 from shared.errors import AlreadyExists, CriplexError, DeadlineExceeded, Unavailable
+from shared.pod_starts import PodStartSignal
 from shared.schema.storaged import APPLY_LAYER, ApplyLayerRequest
 from shared.wire import Method
 
@@ -49,10 +50,12 @@ class Storaged(Protocol):
 
 
 class LayerFetcher:
-    def __init__(self, incoming: Path, storaged: Storaged, call_timeout: float) -> None:
+    def __init__(self, incoming: Path, storaged: Storaged, call_timeout: float,
+                 pod_starts: PodStartSignal | None = None) -> None:
         self._incoming = incoming
         self._storaged = storaged
         self._call_timeout = call_timeout
+        self._pause = pod_starts.pause_async if pod_starts is not None else None
         self._layers: SharedTasks[str, None] = SharedTasks()
         self._blobs: SharedTasks[str, Path] = SharedTasks(release=_unlink)
 
@@ -163,7 +166,7 @@ class LayerFetcher:
             partial = self._incoming / self._partial_name(layer.digest)
             started = time.monotonic()
             try:
-                await client.download(layer, partial, on_bytes)
+                await client.download(layer, partial, on_bytes, self._pause)
                 final = self._incoming / self._name(layer.digest)
                 os.rename(partial, final)
             except (asyncio.CancelledError, Unavailable, DeadlineExceeded):

@@ -26,6 +26,7 @@ from services.imaged.resolve import Resolver
 from shared.config import Config
 from shared.daemon import DaemonContext, Readiness
 from shared.errors import CriplexError, DeadlineExceeded, Unavailable
+from shared.pod_starts import PodStartSignal
 from shared.schema.common import MetricsReport
 from shared.schema.imaged import (
     IMAGE_STATUS,
@@ -70,7 +71,9 @@ class ImagedService:
         self._pool = ConnectionPool(Path(config.certs_dir))
         self._gate = SyncGate()
         self._layers = LayerFetcher(ctx.config.state_dir("storaged") / "incoming", self._storaged,
-                                    call_timeout=config.pull_timeout)
+                                    call_timeout=config.pull_timeout,
+                                    pod_starts=PodStartSignal(ctx.config.paths.run_dir,
+                                                              ctx.config.gateway.pulls_yield_ms))
         resolver = Resolver(config, self._host, self._pool, TokenCache())
         self._puller = Puller(config, resolver, self._layers, self._storaged, self._store, self._gate,
                               self._publish_progress)

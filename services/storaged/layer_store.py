@@ -44,6 +44,7 @@ from shared.errors import (
     NotFound,
     ResourceExhausted,
 )
+from shared.pod_starts import PodStartSignal
 from shared.schema.storaged import ApplyLayerRequest, Layer
 from shared.state import RecordStore, fsync_dir
 
@@ -100,6 +101,10 @@ def unreferenced(parents: Mapping[str, str], pinned: AbstractSet[str],
     return out
 
 
+def _no_pause() -> None:
+    pass
+
+
 def _key(chain_id: str) -> str:
     return chain_id.partition(":")[2]
 
@@ -125,7 +130,8 @@ PARENT_WAIT_S = 60.0
 
 
 class LayerStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pod_starts: PodStartSignal | None = None) -> None:
+        self._pause = pod_starts.pause if pod_starts is not None else _no_pause
         self.layers_dir = root / "layers"
         self.incoming_dir = root / "incoming"
         self._records = RecordStore(root / "records" / "layers", LayerRecord)
@@ -317,7 +323,8 @@ class LayerStore:
             with blob:
                 await asyncio.to_thread(os.mkdir, tmp, 0o700)
                 usage = await asyncio.get_running_loop().run_in_executor(
-                    self._unpack_pool, unpack_blob, blob, req.media_type, req.diff_id, tmp / "diff", self._cancel)
+                    self._unpack_pool, unpack_blob, blob, req.media_type, req.diff_id, tmp / "diff", self._cancel,
+                    self._pause)
             record = LayerRecord(req.chain_id, req.parent_chain_id, req.diff_id, usage.bytes, usage.inodes,
                                  time.time())
             if req.parent_chain_id:

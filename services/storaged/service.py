@@ -20,6 +20,7 @@ from services.storaged.rootfs import RootfsStore
 from services.storaged.usage import UsageMonitor
 from shared.daemon import DaemonContext, Readiness, when_ready
 from shared.errors import InvalidArgument
+from shared.pod_starts import PodStartSignal
 from shared.schema.storaged import (
     APPLY_LAYER,
     CREATE_ROOTFS,
@@ -58,7 +59,8 @@ log = logging.getLogger(__name__)
 class StoragedService:
     def __init__(self, ctx: DaemonContext) -> None:
         self.root = ctx.state_dir
-        self.layers = LayerStore(self.root)
+        self.layers = LayerStore(self.root, PodStartSignal(ctx.config.paths.run_dir,
+                                                           ctx.config.gateway.pulls_yield_ms))
         self.images = ImageRefs(self.root / "records" / "images.json")
         self.rootfs = RootfsStore(self.root)
         self._tracing = ctx.tracing

@@ -19,6 +19,7 @@ import os
 import stat
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from services.storaged.blob_reader import BlobReader
@@ -47,8 +48,11 @@ _ARCHIVE_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EEXIST,
 _XATTR_SKIP_ERRNOS = {errno.EOPNOTSUPP, errno.EPERM}
 
 
-def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, cancel: threading.Event) -> DiskUsage:
+def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, cancel: threading.Event,
+                pause: Callable[[], None] = lambda: None) -> DiskUsage:
     """Create `dest` holding the layer in `blob`; raise if it is unsafe or does not hash to `diff_id`.
+
+    `pause` runs between entries and between 1 MiB of a file (pulls yield to pod starts).
 
     The caller removes `dest` on failure. When this returns, a growing blob has been verified
     by imaged, the blob is deleted, and everything written is on disk.
@@ -59,7 +63,7 @@ def unpack_blob(blob: BlobReader, media_type: str, diff_id: str, dest: Path, can
     try:
         with decompressed(blob, compression) as stream:
             reader = VerifyingReader(stream, diff_id)
-            end = _LayerWriter(root_fd, cancel).write(reader)
+            end = _LayerWriter(root_fd, cancel, pause).write(reader)
             if not reader.only_padding_after(end):
                 raise InvalidArgument("layer has data after the end of its tar archive")
         if not reader.matches:
@@ -82,9 +86,10 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 
 class _LayerWriter:
-    def __init__(self, root_fd: int, cancel: threading.Event) -> None:
+    def __init__(self, root_fd: int, cancel: threading.Event, pause: Callable[[], None]) -> None:
         self._root = root_fd
         self._cancel = cancel
+        self._pause = pause
         self._paths = LayerPaths()
         # Directory mtimes are set last: creating their children would change them again.
         self._dir_mtimes: dict[tuple[str, ...], int] = {}
@@ -102,6 +107,7 @@ class _LayerWriter:
                     tar.members.clear()  # stream mode would keep every header in memory
                     if self._cancel.is_set():
                         raise Aborted("storaged is stopping")
+                    self._pause()
                     self._entry(tar, member)
                 end = tar.offset
             self._set_dir_mtimes()
@@ -178,6 +184,7 @@ class _LayerWriter:
                 while chunk := source.read(_CHUNK):
                     if self._cancel.is_set():
                         raise Aborted("storaged is stopping")
+                    self._pause()
                     out.write(chunk)
             _owner_mode_xattrs(fd, member)
             mtime = _mtime_ns(member)
