@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import secrets
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 from services.monitord.oci_runtime import OciRuntime
 from services.monitord.process_signal import ProcessHandle
 from shared.errors import DeadlineExceeded
+from shared.fdio import read_fd
 from shared.schema.monitord import ExecSyncResponse
 
 OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
@@ -40,24 +40,7 @@ async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
 
 
 async def _drain_pty(master: int, into: bytearray) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(master, ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(master)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EIO:  # how a pty master says every slave fd is closed
-                return
-            raise
-        if not chunk:
-            return
+    while chunk := await read_fd(master):
         room = OUTPUT_CAP - len(into)
         if room > 0:
             into += chunk[:room]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 from services.gateway.streaming.channel import Channel
 from services.gateway.streaming.connection import StreamClosed
 from services.gateway.streaming.remotecommand import Channels, TerminalSize, report, terminal_sizes
+from shared.fdio import read_fd, write_fd
 from shared.schema.streamd import ExecSession
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,13 @@ async def _run_with_tty(request: ExecSession, channels: Channels, pid_file: Path
 
 async def _copy_from_pty(master: int, stream: Channel) -> None:
     with contextlib.suppress(StreamClosed):
-        while chunk := await _read_fd(master):
+        while chunk := await read_fd(master, _READ_SIZE):
             await stream.write(chunk)
 
 
 async def _copy_to_pty(stream: Channel, master: int) -> None:
     while chunk := await stream.read():
-        await _write_fd(master, chunk)
+        await write_fd(master, chunk)
 
 
 async def _apply_resizes(sizes: AsyncIterator[TerminalSize], master: int, runtime_pid: int) -> None:
@@ -174,43 +174,6 @@ async def _apply_resizes(sizes: AsyncIterator[TerminalSize], master: int, runtim
 
 def resize_pty(fd: int, size: TerminalSize) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
-
-
-async def _read_fd(fd: int) -> bytes:
-    """Bytes from a non-blocking fd; b"" at its end (EIO is how a pty master says the slave is gone)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                return b""
-            raise
-        ready = loop.create_future()
-        loop.add_reader(fd, ready.set_result, None)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
-
-async def _write_fd(fd: int, data: bytes) -> None:
-    loop = asyncio.get_running_loop()
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-            continue
-        except BlockingIOError:
-            pass
-        ready = loop.create_future()
-        loop.add_writer(fd, ready.set_result, None)
-        try:
-            await ready
-        finally:
-            loop.remove_writer(fd)
 
 
 async def _start_runtime(argv: list[str], pid_file: Path, **stdio: Any) -> asyncio.subprocess.Process:
