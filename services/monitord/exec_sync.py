@@ -30,6 +30,7 @@ OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
 # After the command ends, its own background children may still hold the pipes open.
 _DRAIN_GRACE = 1.0
 _REAP_GRACE = 10.0
+_KILL_POLL = 0.01  # while runc has not written the command's pid file yet
 
 
 async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
@@ -56,13 +57,35 @@ def _open_pty() -> tuple[int, int]:
     return master, slave
 
 
-def _kill_exec_process(pid_file: Path) -> None:
+def _kill_exec_process(pid_file: Path) -> bool:
+    """SIGKILL the exec'd command; False while runc has not named it yet."""
     try:
         pid = int(pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
-        return  # runc has not started it yet; killing runc below is enough
+        return False
     with ProcessHandle(pid) as process:
         process.send(signal.SIGKILL)
+    return True
+
+
+async def _stop(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+    """Timed out, or the call was cancelled: the command must not live on.
+
+    runc may still be starting it, and killing runc then would not stop it: the command lives
+    in the container, not under runc. So the pid file is looked for until runc names the
+    command (then it is killed, and runc exits with it) or runc exits on its own.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _REAP_GRACE
+    killed = False
+    while proc.returncode is None and loop.time() < deadline:
+        killed = killed or _kill_exec_process(pid_file)
+        wait = deadline - loop.time() if killed else _KILL_POLL
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), max(wait, 0))
+    if proc.returncode is None:
+        proc.kill()
+        await asyncio.shield(proc.wait())
 
 
 async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...], tty: bool, timeout: int,
@@ -96,13 +119,7 @@ async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...]
         await asyncio.wait(readers, timeout=_DRAIN_GRACE)
     finally:
         if proc.returncode is None:
-            # Timed out, or the call itself was cancelled: the command must not live on.
-            _kill_exec_process(pid_file)
-            try:
-                await asyncio.shield(asyncio.wait_for(proc.wait(), _REAP_GRACE))
-            except TimeoutError:
-                proc.kill()
-                await asyncio.shield(proc.wait())
+            await _stop(proc, pid_file)
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)

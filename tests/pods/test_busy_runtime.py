@@ -48,3 +48,15 @@ def test_an_exec_sync_past_its_grpc_deadline_stops_its_command(pod: Pods):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: b"sleep 124" not in pod.exec(cid, ["ps", "-o", "args"]).stdout, 10,
              "the abandoned command to be killed")
+
+
+def test_exec_syncs_cancelled_as_their_commands_start_leave_no_command(pod: Pods):
+    """Deadlines from 20 to 130 ms race runc's start of the command: whenever the call ends,
+    the command it started must not live on in the container."""
+    _sid, cid = pod.run_container(["sleep", "3600"])
+    for i in range(12):
+        with pytest.raises(grpc.RpcError):
+            pod.client.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", f"97{i:02d}"],
+                                                                timeout=0), timeout=0.02 + 0.01 * i)
+    wait_for(lambda: b"sleep 97" not in pod.exec(cid, ["ps", "-o", "args"]).stdout, 15,
+             "every command of a cancelled ExecSync to be gone")
