@@ -358,8 +358,11 @@ class DaemonServer:
             return
         task = self._running.get(call)
         if task is not None:
-            log.debug("%s: a call is cancelled by its caller", self.service)
-            task.cancel()
+            # A handler already being cancelled (its deadline passed here first) is cleaning up:
+            # a second cancellation would cut that short, e.g. before an exec'd command is killed.
+            if not task.cancelling():
+                log.debug("%s: a call is cancelled by its caller", self.service)
+                task.cancel()
             return
         # Not running: answered already, or still waiting in nng behind busy workers.
         if len(self._tombstones) >= _TOMBSTONES:

@@ -18,7 +18,9 @@ import os
 import secrets
 import signal
 import termios
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from services.monitord.oci_runtime import OciRuntime
 from services.monitord.process_signal import ProcessHandle
@@ -68,6 +70,37 @@ def _kill_exec_process(pid_file: Path) -> bool:
     return True
 
 
+async def _spawn(argv: list[str], pid_file: Path, **kwargs: Any) -> asyncio.subprocess.Process:
+    """Start runc; a cancellation meanwhile lets the start finish, then stops the command.
+
+    asyncio's own answer to a cancelled start is to SIGKILL the new process, and runc killed
+    half-way through an exec can leave the command it was starting running in the container.
+    """
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **kwargs))
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        await _uninterrupted(_stop(await asyncio.shield(spawn), pid_file))
+        raise
+
+
+async def _uninterrupted(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run `cleanup` to its end even if this task is cancelled (again) meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 async def _stop(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
     """Timed out, or the call was cancelled: the command must not live on.
 
@@ -94,23 +127,22 @@ async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...]
     argv = runtime.argv("exec", *(["--tty"] if tty else []), "--pid-file", str(pid_file), container_id, *cmd)
     stdout, stderr = bytearray(), bytearray()
     master = -1
-    if tty:
-        master, slave = _open_pty()
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)  # runc holds it now: once runc is gone, the master reads EIO
-        readers = [asyncio.create_task(_drain_pty(master, stdout))]
-    else:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = [asyncio.create_task(_drain(proc.stdout, stdout)), asyncio.create_task(_drain(proc.stderr, stderr))]
+    proc: asyncio.subprocess.Process | None = None
+    readers: list[asyncio.Task[None]] = []
     try:
+        if tty:
+            master, slave = _open_pty()
+            try:
+                proc = await _spawn(argv, pid_file, stdin=slave, stdout=slave, stderr=slave)
+            finally:
+                os.close(slave)  # runc holds it now: once runc is gone, the master reads EIO
+            readers.append(asyncio.create_task(_drain_pty(master, stdout)))
+        else:
+            proc = await _spawn(argv, pid_file, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            readers += [asyncio.create_task(_drain(proc.stdout, stdout)),
+                        asyncio.create_task(_drain(proc.stderr, stderr))]
         try:
             async with asyncio.timeout(timeout or None):
                 code = await proc.wait()
@@ -118,8 +150,8 @@ async def exec_sync(runtime: OciRuntime, container_id: str, cmd: tuple[str, ...]
             raise DeadlineExceeded(f"command {' '.join(cmd)!r:.200} timed out after {timeout} s") from None
         await asyncio.wait(readers, timeout=_DRAIN_GRACE)
     finally:
-        if proc.returncode is None:
-            await _stop(proc, pid_file)
+        if proc is not None and proc.returncode is None:
+            await _uninterrupted(_stop(proc, pid_file))
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)

@@ -34,6 +34,7 @@ from tests.support.runtime import REPO
 class EchoRequest:
     text: str
     delay: float = 0.0
+    cleanup: float = 0.0  # seconds a cancelled call spends cleaning up before "cleaned:<text>"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def echo_server(config: Config, journal: Callable[[str], None] | None = None) ->
             await asyncio.sleep(req.delay)
         except asyncio.CancelledError:
             note(f"cancelled:{req.text}")
+            if req.cleanup:
+                await asyncio.sleep(req.cleanup)
+                note(f"cleaned:{req.text}")
             raise
         note(f"done:{req.text}")
         return EchoResponse(req.text, os.getpid())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 
 import msgpack
@@ -12,7 +13,8 @@ import pytest
 
 from shared.errors import DeadlineExceeded
 from shared.nngio import prepare_ipc_dir
-from shared.transport import CANCEL, control_address
+from shared.transport import CANCEL, CancelRequest, control_address
+from shared.wire import encode_request
 from tests.foundation.echo import ECHO, EchoRequest, client_of, echo_process, temp_config, until
 
 
@@ -79,3 +81,22 @@ def test_cancellation_reaches_a_daemon_whose_workers_are_all_busy(tmp_path):
 
     with temp_config(workers=1) as config:
         asyncio.run(main(config))
+
+
+def test_a_cancellation_does_not_cut_short_a_handler_already_cleaning_up(config, tmp_path):
+    """The daemon's deadline cancels the handler first; the caller's cancellation that follows
+    must not interrupt the handler's cleanup (monitord kills an exec'd command there)."""
+
+    async def main():
+        with echo_process(config, tmp_path / "journal") as daemon:
+            await until(lambda: os.path.exists(config.ipc_address("echo").removeprefix("ipc://")), "the daemon")
+            with pynng.Req0(dial=config.ipc_address("echo")) as main_lane, \
+                    pynng.Req0(dial=control_address(config, "echo")) as control_lane:
+                args = EchoRequest("tidy", delay=60.0, cleanup=0.5)
+                await main_lane.asend(encode_request(ECHO, time.time() + 0.2, "", args, call=b"call-1"))
+                await until(lambda: "cancelled:tidy" in daemon.journal(), "the deadline to cancel the handler")
+                await control_lane.asend(encode_request(CANCEL, 0, "", CancelRequest(b"call-1")))
+                await until(lambda: "cleaned:tidy" in daemon.journal(), "the handler to finish its cleanup")
+                await main_lane.arecv()  # the deadline's error
+
+    asyncio.run(main())
