@@ -266,6 +266,7 @@ class DaemonServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._running: dict[bytes, asyncio.Task[Any]] = {}
+        self._deadlines: dict[bytes, asyncio.Timeout] = {}  # of the running calls that have one
         # Call id -> deadline of cancellations that arrived before their request.
         self._tombstones: dict[bytes, float] = {}
         self._io: LoopSocket | None = None
@@ -358,10 +359,14 @@ class DaemonServer:
             return
         task = self._running.get(call)
         if task is not None:
-            # A handler already being cancelled (its deadline passed here first) is cleaning up:
-            # a second cancellation would cut that short, e.g. before an exec'd command is killed.
+            # A handler is cancelled once: a second cancellation would land in its cleanup (monitord
+            # kills an exec'd command there). So a handler its deadline already cancelled is left
+            # alone, and one cancelled here no longer has a deadline to fire.
             if not task.cancelling():
                 log.debug("%s: a call is cancelled by its caller", self.service)
+                deadline = self._deadlines.get(call)
+                if deadline is not None:
+                    deadline.reschedule(None)
                 task.cancel()
             return
         # Not running: answered already, or still waiting in nng behind busy workers.
@@ -393,6 +398,7 @@ class DaemonServer:
         finally:
             if call:
                 self._running.pop(call, None)
+                self._deadlines.pop(call, None)
 
     async def _execute(self, request: Request, method: Method[Any, Any], handler: Handler) -> bytes:
         with self._tracing.server_span(f"{self.service}/{method.name}", request.traceparent):
@@ -401,7 +407,9 @@ class DaemonServer:
                 remaining = request.deadline - time.time() if request.deadline else None
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded(f"{method.name}: deadline passed before it started")
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining) as deadline:
+                    if request.call and remaining is not None:
+                        self._deadlines[request.call] = deadline
                     result = await handler(args)
                 return encode_response(result)
             except CriplexError as exc:

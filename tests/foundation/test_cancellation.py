@@ -100,3 +100,21 @@ def test_a_cancellation_does_not_cut_short_a_handler_already_cleaning_up(config,
                 await main_lane.arecv()  # the deadline's error
 
     asyncio.run(main())
+
+
+def test_a_deadline_does_not_cut_short_the_cleanup_of_a_handler_its_caller_cancelled(config, tmp_path):
+    """The other order: the caller cancels first, and the deadline passes during the cleanup."""
+
+    async def main():
+        with echo_process(config, tmp_path / "journal") as daemon:
+            await until(lambda: os.path.exists(config.ipc_address("echo").removeprefix("ipc://")), "the daemon")
+            with pynng.Req0(dial=config.ipc_address("echo")) as main_lane, \
+                    pynng.Req0(dial=control_address(config, "echo")) as control_lane:
+                args = EchoRequest("tidy", delay=60.0, cleanup=0.6)
+                await main_lane.asend(encode_request(ECHO, time.time() + 0.4, "", args, call=b"call-2"))
+                await until(lambda: "start:tidy" in daemon.journal(), "the handler to start")
+                await control_lane.asend(encode_request(CANCEL, 0, "", CancelRequest(b"call-2")))
+                await until(lambda: "cancelled:tidy" in daemon.journal(), "the cancellation to reach the handler")
+                await until(lambda: "cleaned:tidy" in daemon.journal(), "the handler to finish its cleanup")
+
+    asyncio.run(main())
