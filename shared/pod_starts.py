@@ -8,11 +8,12 @@ unpacks pause between two chunks while that count is above zero, each pause at m
 `gateway.pulls_yield_ms`. A pod start is tens of milliseconds; a pull only loses the time
 pods were actually starting.
 
-The count lives in a 16-byte file under the run dir (tmpfs), mapped by every process: the
+The count lives in a 24-byte file under the run dir (tmpfs), mapped by every process: the
 gateway writes it from its one event loop thread, the others only read it, a read costs
 well under a microsecond, and no message or event can be lost. Beside the count the gateway
-writes the monotonic time of its last change: a count left behind by a gateway that died
-mid-call goes stale after `_STALE_NS`, so pulls never stay paused.
+writes the monotonic time of its last change and its pid: a count that has not changed for
+`_RECHECK_NS` counts only while that gateway is alive, so one left behind by a gateway
+killed mid-call never keeps pulls paused, and a slow pod start still holds them.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_LAYOUT = struct.Struct("qq")  # count, time.monotonic_ns() of the last change
-_STALE_NS = 5_000_000_000  # far longer than any pod start step; a gateway gone mid-call is forgotten
+_LAYOUT = struct.Struct("qqq")  # count, time.monotonic_ns() of the last change, the gateway's pid
+_RECHECK_NS = 2_000_000_000  # past this, an unchanged count is believed only while its gateway lives
 _POLL_S = 0.002
 _REOPEN_NS = 1_000_000_000  # how often a reader looks again for a file the gateway has not made yet
 
@@ -84,7 +85,7 @@ class PodStarts:
 
     def _write(self) -> None:
         if self._map is not None:
-            _LAYOUT.pack_into(self._map, 0, self._count, time.monotonic_ns())
+            _LAYOUT.pack_into(self._map, 0, self._count, time.monotonic_ns(), os.getpid())
 
 
 class PodStartSignal:
@@ -102,8 +103,10 @@ class PodStartSignal:
         if self._map is None and not self._open():
             return False
         assert self._map is not None
-        count, changed_ns = _LAYOUT.unpack_from(self._map, 0)
-        return count > 0 and time.monotonic_ns() - changed_ns < _STALE_NS
+        count, changed_ns, pid = _LAYOUT.unpack_from(self._map, 0)
+        if count <= 0:
+            return False
+        return time.monotonic_ns() - changed_ns < _RECHECK_NS or _alive(pid)
 
     def pause(self) -> None:
         """In a worker thread: wait while pods start, at most the limit."""
@@ -131,3 +134,15 @@ class PodStartSignal:
         except (FileNotFoundError, ValueError):
             return False
         return True
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import subprocess
 import threading
 import time
 
@@ -68,13 +70,23 @@ def test_a_pause_never_lasts_longer_than_its_limit(tmp_path):
         gateway.close()
 
 
-def test_a_count_left_by_a_gateway_that_died_mid_call_goes_stale(tmp_path):
+def test_a_count_left_by_a_gateway_that_died_mid_call_is_ignored(tmp_path):
     gateway = PodStarts(str(tmp_path))
     gateway.close()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
     # What a gateway killed during a RunPodSandbox leaves: a count of 1, last changed long ago.
     long_ago = time.monotonic_ns() - 60_000_000_000
-    pod_starts_path(str(tmp_path)).write_bytes(struct.pack("qq", 1, long_ago))
+    pod_starts_path(str(tmp_path)).write_bytes(struct.pack("qqq", 1, long_ago, dead.pid))
     assert not PodStartSignal(str(tmp_path), limit_ms=200).busy()
+
+
+def test_a_long_pod_start_of_a_live_gateway_still_holds_pulls(tmp_path):
+    gateway = PodStarts(str(tmp_path))
+    gateway.close()
+    long_ago = time.monotonic_ns() - 60_000_000_000
+    pod_starts_path(str(tmp_path)).write_bytes(struct.pack("qqq", 1, long_ago, os.getpid()))
+    assert PodStartSignal(str(tmp_path), limit_ms=200).busy()
 
 
 def test_readers_follow_a_gateway_that_starts_after_them_and_restarts(tmp_path):
