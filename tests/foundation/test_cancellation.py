@@ -83,21 +83,29 @@ def test_cancellation_reaches_a_daemon_whose_workers_are_all_busy(tmp_path):
         asyncio.run(main(config))
 
 
+async def _tidy_call(config, daemon, deadline_s: float, cleanup_s: float, call: bytes,
+                     cancel_when: str) -> None:
+    """Send a raw request (a call id, a deadline) and, once `cancel_when` is in the journal, its
+    `$cancel`; return once the handler has finished its cleanup."""
+    await until(lambda: os.path.exists(config.ipc_address("echo").removeprefix("ipc://")), "the daemon")
+    with pynng.Req0(dial=config.ipc_address("echo")) as main_lane, \
+            pynng.Req0(dial=control_address(config, "echo")) as control_lane:
+        args = EchoRequest("tidy", delay=60.0, cleanup=cleanup_s)
+        await main_lane.asend(encode_request(ECHO, time.time() + deadline_s, "", args, call=call))
+        await until(lambda: cancel_when in daemon.journal(), f"{cancel_when} before the cancellation")
+        await control_lane.asend(encode_request(CANCEL, 0, "", CancelRequest(call)))
+        await until(lambda: "cancelled:tidy" in daemon.journal(), "the handler to be cancelled")
+        await until(lambda: "cleaned:tidy" in daemon.journal(), "the handler to finish its cleanup")
+
+
 def test_a_cancellation_does_not_cut_short_a_handler_already_cleaning_up(config, tmp_path):
     """The daemon's deadline cancels the handler first; the caller's cancellation that follows
     must not interrupt the handler's cleanup (monitord kills an exec'd command there)."""
 
     async def main():
         with echo_process(config, tmp_path / "journal") as daemon:
-            await until(lambda: os.path.exists(config.ipc_address("echo").removeprefix("ipc://")), "the daemon")
-            with pynng.Req0(dial=config.ipc_address("echo")) as main_lane, \
-                    pynng.Req0(dial=control_address(config, "echo")) as control_lane:
-                args = EchoRequest("tidy", delay=60.0, cleanup=0.5)
-                await main_lane.asend(encode_request(ECHO, time.time() + 0.2, "", args, call=b"call-1"))
-                await until(lambda: "cancelled:tidy" in daemon.journal(), "the deadline to cancel the handler")
-                await control_lane.asend(encode_request(CANCEL, 0, "", CancelRequest(b"call-1")))
-                await until(lambda: "cleaned:tidy" in daemon.journal(), "the handler to finish its cleanup")
-                await main_lane.arecv()  # the deadline's error
+            await _tidy_call(config, daemon, deadline_s=0.2, cleanup_s=0.5, call=b"call-1",
+                             cancel_when="cancelled:tidy")
 
     asyncio.run(main())
 
@@ -107,14 +115,7 @@ def test_a_deadline_does_not_cut_short_the_cleanup_of_a_handler_its_caller_cance
 
     async def main():
         with echo_process(config, tmp_path / "journal") as daemon:
-            await until(lambda: os.path.exists(config.ipc_address("echo").removeprefix("ipc://")), "the daemon")
-            with pynng.Req0(dial=config.ipc_address("echo")) as main_lane, \
-                    pynng.Req0(dial=control_address(config, "echo")) as control_lane:
-                args = EchoRequest("tidy", delay=60.0, cleanup=0.6)
-                await main_lane.asend(encode_request(ECHO, time.time() + 0.4, "", args, call=b"call-2"))
-                await until(lambda: "start:tidy" in daemon.journal(), "the handler to start")
-                await control_lane.asend(encode_request(CANCEL, 0, "", CancelRequest(b"call-2")))
-                await until(lambda: "cancelled:tidy" in daemon.journal(), "the cancellation to reach the handler")
-                await until(lambda: "cleaned:tidy" in daemon.journal(), "the handler to finish its cleanup")
+            await _tidy_call(config, daemon, deadline_s=0.4, cleanup_s=0.6, call=b"call-2",
+                             cancel_when="start:tidy")
 
     asyncio.run(main())
