@@ -9,11 +9,37 @@ session (the fixed set the subprotocol defines, then the end).
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from services.gateway.streaming import spdy
 
+log = logging.getLogger(__name__)
+
 _INBOUND_CHUNKS = 64  # per channel; client-go writes at most 32 KiB a frame
+
+
+class IdleWatch:
+    """When a session last carried traffic; `run` ends the session once it has been idle too long."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    async def run(self, close: Callable[[str], Awaitable[None]]) -> None:
+        """Until idle for `timeout` seconds; then `close(reason)`."""
+        while True:
+            remaining = self._last + self.timeout - time.monotonic()
+            if remaining <= 0:
+                log.info("closing a streaming session idle for %g s", self.timeout)
+                await close(f"idle for {self.timeout:g} s")
+                return
+            await asyncio.sleep(remaining)
 
 
 class Channel(Protocol):

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from services.gateway.streaming import spdy
-from services.gateway.streaming.channel import InboundChannel
+from services.gateway.streaming.channel import IdleWatch, InboundChannel
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +75,10 @@ class SpdySession:
         self._frames.feed(initial)  # what arrived together with the HTTP upgrade request
         self._encoder = spdy.FrameWriter()
         self._accept_stream = accept_stream
-        self._idle_timeout = idle_timeout
+        self._idle = IdleWatch(idle_timeout)
         self._streams: dict[int, Stream] = {}
         self._opened: asyncio.Queue[Stream | None] = asyncio.Queue()
         self._last_stream_id = 0
-        self._last_activity = time.monotonic()
         self.closed = False
         self.end_reason = ""
         self._served = asyncio.Event()
@@ -91,15 +89,16 @@ class SpdySession:
     async def send(self, frame: spdy.Frame) -> None:
         if self.closed:
             raise ConnectionError("the SPDY session is closed")
+        # PINGs are no activity: client-go pings every 5 s, which would keep a forgotten session open.
         if not isinstance(frame, spdy.Ping):
-            self._last_activity = time.monotonic()
+            self._idle.touch()
         self._writer.write(self._encoder.encode(frame))
         await self._writer.drain()
 
     async def write_data(self, stream_id: int, data: bytes, fin: bool) -> None:
         if self.closed:
             raise ConnectionError("the SPDY session is closed")
-        self._last_activity = time.monotonic()
+        self._idle.touch()
         self._writer.writelines(spdy.FrameWriter.data(stream_id, data, fin))
         await self._writer.drain()
 
@@ -118,7 +117,7 @@ class SpdySession:
 
     async def serve(self) -> None:
         """Reads and dispatches frames; returns when the session is over, never raises for the peer's faults."""
-        watchdog = asyncio.create_task(self._watch_idle())
+        watchdog = asyncio.create_task(self._idle.run(self._close_idle))
         try:
             await self._dispatch_buffered()
             while not self.closed:
@@ -158,7 +157,7 @@ class SpdySession:
 
     async def _dispatch(self, frame: spdy.Frame) -> None:
         if not isinstance(frame, spdy.Ping):
-            self._last_activity = time.monotonic()
+            self._idle.touch()
         match frame:
             case spdy.DataFrame(stream_id, data, fin):
                 stream = self._streams.get(stream_id)
@@ -204,17 +203,9 @@ class SpdySession:
             stream._remote_ended()
         self._opened.put_nowait(stream)
 
-    async def _watch_idle(self) -> None:
-        # PINGs do not count: client-go pings every 5 s, so counting them would keep a
-        # forgotten session alive for ever.
-        while True:
-            remaining = self._last_activity + self._idle_timeout - time.monotonic()
-            if remaining <= 0:
-                self.end_reason = f"idle for {self._idle_timeout:g} s"
-                log.info("closing a streaming session idle for %g s", self._idle_timeout)
-                await self.close()
-                return
-            await asyncio.sleep(remaining)
+    async def _close_idle(self, reason: str) -> None:
+        self.end_reason = reason
+        await self.close()
 
     def _end_streams(self) -> None:
         for stream in self._streams.values():

@@ -30,7 +30,6 @@ import binascii
 import contextlib
 import logging
 import struct
-import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -39,7 +38,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMes
 from wsproto.frame_protocol import CloseReason
 
 from services.gateway.streaming import spdy
-from services.gateway.streaming.channel import InboundChannel
+from services.gateway.streaming.channel import IdleWatch, InboundChannel
 from services.gateway.streaming.connection import StreamClosed
 
 log = logging.getLogger(__name__)
@@ -254,8 +253,7 @@ class WsChannelSession:
         self._half_close = half_close
         self._base64 = base64_codec
         self._message = bytearray()  # a base64 message, until its last piece
-        self._idle_timeout = idle_timeout
-        self._last_activity = time.monotonic()
+        self._idle = IdleWatch(idle_timeout)
         self._served = asyncio.Event()
         self._current: WsChannel | None = None
         self.closed = False
@@ -267,14 +265,14 @@ class WsChannelSession:
     async def send(self, number: int, data: bytes) -> None:
         if self.closed:
             raise ConnectionError("the WebSocket session is closed")
-        self._last_activity = time.monotonic()
+        self._idle.touch()
         await self._ws.send(encode_base64(number, data) if self._base64 else bytes((number,)) + data)
 
     async def serve(self) -> None:
-        watchdog = asyncio.create_task(self._watch_idle())
+        watchdog = asyncio.create_task(self._idle.run(self._close_idle))
         try:
             while (pieces := await self._ws.receive()) is not None:
-                self._last_activity = time.monotonic()
+                self._idle.touch()
                 for piece in pieces:
                     if self.closed:
                         break
@@ -335,15 +333,9 @@ class WsChannelSession:
             return
         await channel._deliver(data)
 
-    async def _watch_idle(self) -> None:
-        while True:
-            remaining = self._last_activity + self._idle_timeout - time.monotonic()
-            if remaining <= 0:
-                self.end_reason = f"idle for {self._idle_timeout:g} s"
-                log.info("closing a streaming session idle for %g s", self._idle_timeout)
-                await self.close()
-                return
-            await asyncio.sleep(remaining)
+    async def _close_idle(self, reason: str) -> None:
+        self.end_reason = reason
+        await self.close()
 
     async def finish(self, grace: float = 2.0) -> None:
         """The work is done: close the WebSocket (the client reads to the close, as client-go does)."""
