@@ -1,4 +1,5 @@
-"""A criplex with a real pod, metrics on and the span ring on (the default), for the operator's tools."""
+"""Criplexes with real pods for the operator's tools: `observed` (metrics on, the span ring on by
+default), and `pods` / `pod` (the default configuration, one criplex per test module)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.operations.admin_support import cleaned
 from tests.pods.conftest import start_pods
 from tests.support.fixtures import PushedImage
 from tests.support.pods import Pods
@@ -27,3 +29,14 @@ def observed(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: 
                            extra_toml=f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {port}\n'):
         pods.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
         yield pods
+
+
+@pytest.fixture(scope="module")
+def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Pods]:
+    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
+
+
+@pytest.fixture
+def pod(pods: Pods) -> Iterator[Pods]:
+    yield from cleaned(pods)

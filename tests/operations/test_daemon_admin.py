@@ -5,29 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from shared.cri import api_pb2
-from tests.operations.admin_support import cleaned, criplex
-from tests.pods.conftest import start_pods
-from tests.support.fixtures import PushedImage
+from tests.operations.admin_support import criplex
 from tests.support.pods import Pods, sandbox_config
-from tests.support.registry import Registry
 from tests.support.runtime import wait_for
-
-
-@pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pods]:
-    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
-
-
-@pytest.fixture
-def pod(pods: Pods) -> Iterator[Pods]:
-    yield from cleaned(pods)
 
 
 def test_stopped_netd_makes_pod_starts_unavailable_until_it_is_started(pod: Pods) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -12,26 +11,13 @@ import pytest
 from services.podtrace.gather import PodTrace, gather_pod
 from shared.config import load_config
 from shared.cri import api_pb2
-from tests.operations.admin_support import cleaned, criplex, http
+from tests.operations.admin_support import criplex, http
 from tests.operations.conftest import free_port
-from tests.pods.conftest import start_pods
-from tests.support.fixtures import PushedImage
 from tests.support.pods import Pods, container_config, sandbox_config
 from tests.support.registry import Registry
 from tests.support.runtime import wait_for
 
 RELOADING = ("gateway", "imaged", "storaged", "netd", "monitord", "streamd")
-
-
-@pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pods]:
-    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
-
-
-@pytest.fixture
-def pod(pods: Pods) -> Iterator[Pods]:
-    yield from cleaned(pods)
 
 
 def _reload(pods: Pods) -> None:

@@ -5,30 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 
-import pytest
 import toml
 
 from shared.config import load_config
 from shared.cri import api_pb2
-from tests.operations.admin_support import cleaned, criplex, http, runc_status
-from tests.pods.conftest import start_pods
-from tests.support.fixtures import PushedImage
+from tests.operations.admin_support import criplex, http, runc_status
 from tests.support.pods import Pods, container_config, sandbox_config
-from tests.support.registry import Registry
 from tests.support.runtime import wait_for
-
-
-@pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pods]:
-    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
-
-
-@pytest.fixture
-def pod(pods: Pods) -> Iterator[Pods]:
-    yield from cleaned(pods)
 
 
 def _running_container(pod: Pods) -> tuple[str, str]:
