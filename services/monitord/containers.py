@@ -22,7 +22,7 @@ from pathlib import Path
 from services.monitord import spec
 from services.monitord.cgroup_stats import read_stats
 from services.monitord.conmon import ConmonLaunch, create_under_conmon
-from services.monitord.cri_config import container_name, parse_config
+from services.monitord.cri_config import container_name, container_tty, parse_config
 from services.monitord.exec_sync import exec_sync
 from services.monitord.layout import Layout
 from services.monitord.log_reopen import reopen_log
@@ -336,9 +336,8 @@ class Containers:
             raise FailedPrecondition(f"container {req.id} is {record.state.value}, not running")
         if not req.cmd:
             raise InvalidArgument("exec_sync needs a command")
-        config = parse_config(record.config_json, api_pb2.ContainerConfig, "the container's config")
-        return await exec_sync(self._runtime_of(record), req.id, req.cmd, config.tty, req.timeout,
-                               Path(record.bundle))
+        tty = container_tty(record.config_json)
+        return await exec_sync(self._runtime_of(record), req.id, req.cmd, tty, req.timeout, Path(record.bundle))
 
     async def update_resources(self, req: UpdateResourcesRequest) -> ContainerRecord:
         resources = parse_config(req.resources_json, api_pb2.LinuxContainerResources, "resources_json")
