@@ -50,7 +50,7 @@ def _criplex(registry: Registry, work: Path, pause: str, observed: bool) -> Iter
     extra = (f'[metrics]\nenable = true\nport = {port}\n' if observed else '[tracing]\nring_size = 0\n')
     run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc") + extra)
     target = Target("criplex", str(run.socket), run.base, b"conmon",
-                    lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
+                    run.daemon_pids, parent)
     with cleaned(target, run.stop):
         run.start()
         yield target, f"http://127.0.0.1:{port}/metrics" if observed else ""

@@ -395,7 +395,7 @@ def criplex(registry: Registry, work: Path, pause: str, tracing_port: int = 0, r
     tracing = f'[tracing]\nendpoint = "http://127.0.0.1:{tracing_port}"\n' if tracing_port else ""
     run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, runc) + tracing, cni_conflist=conflist)
     target = Target("criplex", str(run.socket), run.base, b"conmon",
-                    lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
+                    run.daemon_pids, parent)
     with cleaned(target, run.stop):
         run.start()
         yield target

@@ -47,7 +47,7 @@ def _criplex(registry: Registry, work: Path, pause: str, ring: int) -> Iterator[
     run = CriplexRun(extra_toml=criplex_toml(registry, etc, pause, parent, "/usr/sbin/runc")
                      + f"[tracing]\nring_size = {ring}\n")
     target = Target("criplex", str(run.socket), run.base, b"conmon",
-                    lambda: [run.daemon_pid(s) for s in PROCESSES[:5]], parent)
+                    run.daemon_pids, parent)
     with cleaned(target, run.stop):
         run.start()
         yield target, run

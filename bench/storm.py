@@ -100,7 +100,7 @@ def criplex(registry: Registry, work: Path, pause: str, name: str, capped: bool,
     text = run.config_file.read_text()
     run.config_file.write_text(text.replace("[paths]\n", f'[paths]\ndaemon_cgroup_parent = "{daemon_parent}"\n', 1))
     target = Target(name, str(run.socket), run.base, b"conmon",
-                    lambda: [run.daemon_pid(s) for s in ("gateway", "imaged", "storaged", "netd", "monitord")], parent)
+                    run.daemon_pids, parent)
     with cleaned(target, run.stop):
         run.start()
         yield target
