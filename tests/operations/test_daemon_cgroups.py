@@ -21,11 +21,11 @@ from shared import daemon_cgroups
 from shared.config import SERVICES, Config, load_config, parse_size
 from shared.cri import api_pb2
 from shared.errors import DeadlineExceeded
-from tests.pods.conftest import pods_toml, remove_cgroups
+from tests.pods.conftest import configured_cgroup_parent, pods_toml, remove_cgroups, serving_pods
 from tests.support.fixtures import PushedImage
 from tests.support.images import build_busybox_image
 from tests.support.layers import random_layer
-from tests.support.pods import Pods, container_processes, kill_leftovers
+from tests.support.pods import Pods, container_processes
 from tests.support.push import push
 from tests.support.registry import Registry
 from tests.support.runtime import CriplexRun, wait_for
@@ -47,11 +47,6 @@ def procs(controller: str, path: str) -> set[int]:
     return {int(p) for p in cgroup_file(controller, path, "cgroup.procs").split()}
 
 
-def pod_cgroup_parent(run: CriplexRun) -> str:
-    return next(line.split('"')[1] for line in run.config_file.read_text().splitlines()
-                if line.startswith("default_cgroup_parent"))
-
-
 @pytest.fixture(scope="module")
 def cgrouped(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[tuple[Pods, Config]]:
@@ -59,21 +54,8 @@ def cgrouped(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: 
     run = CriplexRun(extra_toml=pods_toml(registry, tmp_path_factory.mktemp("containers"))
                      + '[storaged]\ncpu_weight = 50\nmemory_max = "768m"\n')
     with_daemon_cgroup_parent(run, daemon_parent)
-    pod_parent = pod_cgroup_parent(run)
-    pods: Pods | None = None
-    try:
-        run.start()
-        pods = Pods(run, pushed_busybox.reference)
-        pods.pull(pushed_busybox.reference)
+    with serving_pods(run, pushed_busybox, also_remove_cgroups=(daemon_parent,)) as pods:
         yield pods, load_config(str(run.config_file))
-    finally:
-        if pods is not None:
-            pods.cleanup()
-            pods.client.close()
-        run.stop()
-        kill_leftovers(run)
-        remove_cgroups(pod_parent)
-        remove_cgroups(daemon_parent)
 
 
 @pytest.fixture
@@ -117,7 +99,7 @@ def test_conmon_and_the_container_are_not_in_monitords_cgroup(cgrouped_pod: tupl
         # Only monitord itself (and, for an instant, a runc it runs) is ever in its cgroup.
         assert not set(conmons) & procs(controller, monitord)
         assert set(conmons) <= procs(controller, conmon_cgroup)
-    pod_parent = pod_cgroup_parent(pods.run)
+    pod_parent = configured_cgroup_parent(pods.run)
     in_pods = {int(p) for f in (V1 / "memory" / pod_parent.lstrip("/")).rglob("cgroup.procs")
                for p in f.read_text().split()}
     assert in_pods, "the container runs in its pod's cgroup"
@@ -227,20 +209,8 @@ def test_a_call_that_cannot_get_a_slot_within_its_deadline_fails_deadline_exceed
 def bounded(registry: Registry, pushed_busybox: PushedImage, tmp_path: Path) -> Iterator[Pods]:
     run = CriplexRun(extra_toml=pods_toml(registry, tmp_path).replace(
         "[gateway]\n", "[gateway]\nmax_concurrent_pulls = 1\n", 1))
-    pod_parent = pod_cgroup_parent(run)
-    pods: Pods | None = None
-    try:
-        run.start()
-        pods = Pods(run, pushed_busybox.reference)
-        pods.pull(pushed_busybox.reference)
+    with serving_pods(run, pushed_busybox) as pods:
         yield pods
-    finally:
-        if pods is not None:
-            pods.cleanup()
-            pods.client.close()
-        run.stop()
-        kill_leftovers(run)
-        remove_cgroups(pod_parent)
 
 
 def test_pulls_past_a_tiny_bound_all_succeed_while_a_pod_starts(bounded: Pods, registry: Registry, repo: str):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from shared.cri import api_pb2
 from tests.support.fixtures import PushedImage
 from tests.support.images import build_busybox_image
 from tests.support.pods import Pods, kill_leftovers
@@ -47,14 +46,22 @@ def pods_toml(registry: Registry, etc: Path) -> str:
 def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: str = "",
                cni_conflist: str = "") -> Iterator[Pods]:
     run = CriplexRun(extra_toml=pods_toml(registry, etc) + extra_toml, cni_conflist=cni_conflist)
+    with serving_pods(run, image, etc) as pods:
+        yield pods
+
+
+@contextlib.contextmanager
+def serving_pods(run: CriplexRun, image: PushedImage, etc: Path = Path(),
+                 also_remove_cgroups: tuple[str, ...] = ()) -> Iterator[Pods]:
+    """Start `run` and pull `image`; at the end remove every pod, stop criplex, kill what is
+    left and remove the pods' cgroups (and `also_remove_cgroups`), even if the test failed."""
     cgroup_parent = configured_cgroup_parent(run)
     pods: Pods | None = None
     try:
         run.start()
         pods = Pods(run, image.reference)
         pods.etc = etc
-        pods.client.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image.reference)),
-                                    timeout=120)
+        pods.pull(image.reference)
         yield pods
     finally:
         if pods is not None:
@@ -62,7 +69,8 @@ def start_pods(registry: Registry, image: PushedImage, etc: Path, extra_toml: st
             pods.client.close()
         run.stop()
         kill_leftovers(run)
-        remove_cgroups(cgroup_parent)
+        for parent in (cgroup_parent, *also_remove_cgroups):
+            remove_cgroups(parent)
 
 
 def configured_cgroup_parent(run: CriplexRun) -> str:
