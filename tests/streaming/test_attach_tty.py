@@ -107,7 +107,11 @@ def test_attach_tty_stdin_reaches_the_container_shell(pod):
 
 def test_exec_sync_in_a_tty_container_returns_the_output_as_stdout(pod):
     cid = run_tty_container(pod)
-    result = pod.exec(cid, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    # runc clears ONLCR on the container's new console only once it holds the console's master,
+    # and may start the command before that (runc's tty.go, recvtty): on a busy machine an
+    # early "echo" can come out as "out\r\n". The command waits until the console is set.
+    script = "until busybox stty -a 2>/dev/null | grep -q -- -onlcr; do :; done; echo out; echo err >&2; exit 3"
+    result = pod.exec(cid, ["sh", "-c", script])
     assert result.exit_code == 3
     assert result.stdout == b"out\nerr\n"
     assert result.stderr == b""
