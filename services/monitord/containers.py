@@ -30,6 +30,7 @@ from services.monitord.oci_runtime import OciRuntime, RuntimeHandlers
 from services.monitord.process_signal import ProcessHandle, signal_number
 from services.monitord.records import StateRecords
 from services.monitord.spec.inputs import HostFacts, SpecInputs
+from shared.cgroup_hierarchy import Hierarchy
 from shared.config import MonitordConfig
 from shared.cri import api_pb2
 from shared.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -69,6 +70,7 @@ class Containers:
         self._names = asyncio.Lock()
         self._exited: dict[str, asyncio.Event] = {}
         self._cgroups: dict[str, str] = {}
+        self._hierarchy = Hierarchy.detect()
         self.oom_kills: dict[str, int] = {}  # by container name, since monitord started (for /metrics)
 
     def _get(self, container_id: str) -> ContainerRecord:
@@ -369,7 +371,7 @@ class Containers:
                     oci_spec = json.loads((Path(record.bundle) / "config.json").read_text())
                     cgroup = self._cgroups[record.id] = oci_spec["linux"]["cgroupsPath"]
             if cgroup:
-                found = read_stats(record.id, cgroup)
+                found = read_stats(record.id, cgroup, self._hierarchy)
                 if found is not None:
                     stats.append(found)
         return stats
