@@ -27,6 +27,8 @@ bench: deps-bench venv
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@# Debian's own python3 makes venvs only with python3-venv (ensurepip) installed.
+	@python3 -c 'import ensurepip' 2>/dev/null || deploy/install-packages.sh python3-venv
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
