@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,7 +300,7 @@ async def fetch_token(http: httpx.AsyncClient, challenge: Challenge, scope: str,
                 params["service"] = service
             headers = {"Authorization": basic_header(creds)} if creds is not None and creds.username else {}
             response = await http.get(realm, params=params, headers=headers)
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, ssl.SSLError) as exc:  # httpcore passes TLS alerts on raw
         raise Unavailable(f"token endpoint {realm}: {type(exc).__name__}: {exc}") from None
     if response.status_code in (401, 403):
         raise Unauthenticated(f"token endpoint {realm} refused the credentials ({response.status_code})")

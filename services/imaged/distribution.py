@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _DOWNLOAD_CHUNK = 1 << 20
 _TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 _TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# httpcore passes a TLS alert received while reading on as the raw ssl.SSLError. Mid-body it is
+# an interruption like any other (the download resumes); before the headers, see _transport_failure.
+_BODY_INTERRUPTIONS = (*_TRANSIENT_ERRORS, ssl.SSLError)
+# Alerts with which a server refuses the client's certificate, or its absence (RFC 8446 §6.2).
+_CLIENT_CERT_REFUSED = ("SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                        "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_EXPIRED")
 _MAX_BACKOFF_S = 8.0
 _MAX_RETRY_AFTER_S = 30.0
 
@@ -108,6 +115,9 @@ def _transport_failure(host: str, what: str, exc: Exception) -> CriplexError:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return Unavailable(f"{what}: TLS verification of {host} failed ({text}); add its CA to "
                            f"certs.d/{host}/ or mark the registry insecure in registries.conf")
+    if isinstance(exc, ssl.SSLError) and exc.reason in _CLIENT_CERT_REFUSED:
+        return Unauthenticated(f"{what}: {host} refused our TLS client certificate or its absence ({text}); "
+                               f"put the one it accepts in certs.d/{host}/ as NAME.cert with NAME.key")
     return Unavailable(f"{what}: cannot reach {host}: {type(exc).__name__}: {text}")
 
 
@@ -223,7 +233,7 @@ class RegistryClient:
                 finally:
                     await sink.flush()
                 return hasher, written
-            except _TRANSIENT_ERRORS as exc:
+            except _BODY_INTERRUPTIONS as exc:
                 interruptions += 1
                 if interruptions > self._retries:
                     raise _transport_failure(self.host, what, exc) from None
@@ -239,7 +249,7 @@ class RegistryClient:
             response = await self._send("GET", path, headers, what)
             try:
                 return await _read_limited(response, limit, what), response.headers.get("Content-Type", "")
-            except _TRANSIENT_ERRORS as exc:
+            except _BODY_INTERRUPTIONS as exc:
                 interruptions += 1
                 if interruptions > self._retries:
                     raise _transport_failure(self.host, what, exc) from None
@@ -266,7 +276,7 @@ class RegistryClient:
                     raise _transport_failure(self.host, what, exc) from None
                 await self._sleep(_backoff(attempt))
                 continue
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ssl.SSLError) as exc:
                 raise _transport_failure(self.host, what, exc) from None
             status = response.status_code
             if status < 300:
@@ -366,7 +376,7 @@ async def _read_limited(response: httpx.Response, limit: int, what: str, *, trun
                     break
                 raise FailedPrecondition(f"{what}: larger than the {limit} bytes allowed")
             chunks.append(chunk)
-    except _TRANSIENT_ERRORS:
+    except _BODY_INTERRUPTIONS:
         if not truncate:
             raise
     finally:

@@ -69,6 +69,7 @@ class ImagedService:
         self._host = HostConfig(config)
         self._storaged = DaemonClient("storaged", ctx.config, ctx.tracing)
         self._pool = ConnectionPool(Path(config.certs_dir))
+        _ = self._pool.system_context  # loaded now, before serving, not at the first pull
         self._gate = SyncGate()
         self._layers = LayerFetcher(ctx.config.state_dir("storaged") / "incoming", self._storaged,
                                     call_timeout=config.pull_timeout,

@@ -87,6 +87,35 @@ def test_tls_registry_trusted_through_certs_d(images, tls_registry, repo):
     assert pull(images, ref) == image.config_digest
 
 
+def test_registry_requiring_a_client_certificate_gets_the_one_in_certs_d(images, mtls_registry, repo):
+    image = build_busybox_image([files_layer({"/mtls": b"1\n"})])
+    push(mtls_registry, f"{repo}:v1", image)
+    ref = f"{mtls_registry.host}/{repo}:v1"
+    host_dir = mtls_registry.write_certs_d(images.registries_conf.parent / "certs.d")
+    client_cert, client_key = (host_dir / "client.cert").read_bytes(), (host_dir / "client.key").read_bytes()
+    # The CA alone: the registry ends the handshake for want of a client certificate.
+    (host_dir / "client.cert").unlink()
+    (host_dir / "client.key").unlink()
+    err = pull_error(images, ref)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "client certificate" in err.details(), err.details()
+    # A certificate without its key is a configuration error, named as one.
+    (host_dir / "client.cert").write_bytes(client_cert)
+    err = pull_error(images, ref)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "client.key" in err.details(), err.details()
+    (host_dir / "client.key").write_bytes(client_key)
+    assert pull(images, ref) == image.config_digest
+    remove(images, ref)
+    # Insecure (no verification of the registry) still presents the client certificate, and
+    # without one the refusal is the same clear error, not a fall back to plain HTTP.
+    images.allow_insecure(mtls_registry.host)
+    (host_dir / "ca.crt").unlink()
+    assert pull(images, ref) == image.config_digest
+    remove(images, ref)
+    (host_dir / "client.cert").unlink()
+    (host_dir / "client.key").unlink()
+    assert pull_error(images, ref).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 # A later entry replacing a symlink the same layer made is plain tar semantics: the
 # link is replaced by the file inside the layer (never written through), as GNU tar does.
 REPLACES_ITS_OWN_SYMLINK = {"symlink_write_through", "relative_symlink_write_through"}
