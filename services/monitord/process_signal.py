@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 
 from shared.errors import InvalidArgument
@@ -49,9 +50,18 @@ class ProcessHandle:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._fd, signum)
 
+    def ended(self) -> bool:
+        """Whether the process has ended (its pidfd is readable), asked without waiting."""
+        if self._fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(0))
+
     async def wait_gone(self, timeout: float) -> bool:
         """True once the process has ended (a pidfd turns readable), False after `timeout` seconds."""
-        if self._fd < 0:
+        # Asked first: a reader and a timeout due in the same loop iteration would race.
+        if self.ended():
             return True
         loop = asyncio.get_running_loop()
         ended = loop.create_future()

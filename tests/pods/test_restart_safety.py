@@ -14,7 +14,16 @@ from shared.schema.imaged import IMAGE_STATUS, ImageStatusRequest
 from shared.schema.monitord import CREATE_SANDBOX, CreateSandboxRequest
 from shared.schema.netd import CREATE_NETWORK, LIST_NETWORKS, CreateNetworkRequest, ListNetworksRequest
 from shared.schema.storaged import CREATE_ROOTFS, LIST_ROOTFS, CreateRootfsRequest, ListRootfsRequest
-from tests.support.pods import Pods, alive, container_pid, daemon_call, kill_9, kill_leftovers, sandbox_config
+from tests.support.pods import (
+    Pods,
+    alive,
+    container_pid,
+    daemon_call,
+    kill_9,
+    kill_leftovers,
+    processes_mentioning,
+    sandbox_config,
+)
 from tests.support.runtime import unmount_below, wait_for
 
 SERVICES = ("gateway", "imaged", "storaged", "netd", "monitord")
@@ -98,3 +107,20 @@ def test_a_simulated_reboot_reports_pods_notready_and_containers_exited(pod: Pod
     assert status.status.state == api_pb2.SANDBOX_NOTREADY
     container = pod.wait_state(cid, api_pb2.CONTAINER_EXITED)
     assert container.exit_code in (137, 255)
+
+
+def test_a_container_whose_conmon_was_killed_still_stops_and_is_recorded_exited(pod: Pods):
+    """conmon gone (OOM-killed, say): nobody writes the exit file, yet StopContainer must end."""
+    _sid, cid = pod.run_container(["sleep", "3600"])
+    pid = container_pid(pod, cid)
+    conmons = [p for p in processes_mentioning(pod.run.base, b"conmon")
+               if cid.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(conmons) == 1
+    os.kill(conmons[0], signal.SIGKILL)
+    wait_for(lambda: not alive(conmons[0]), 10, "conmon to die")
+    assert alive(pid)  # the container outlives its monitor
+    pod.client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=60)
+    assert not alive(pid)
+    status = pod.status(cid)
+    assert status.state == api_pb2.CONTAINER_EXITED
+    assert status.reason == "Error" and "conmon" in status.message, status
