@@ -15,8 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from services.imaged.reference import ImageReference, parse_reference
-from shared.errors import CriplexError, InvalidArgument
+from services.imaged.reference import ImageReference
+from shared.errors import InvalidArgument
 from shared.locks import KeyedLock
 from shared.schema.imaged import ImageRecord
 from shared.state import RecordStore
@@ -47,12 +47,9 @@ def lookup(records: list[ImageRecord], query: str, names: list[ImageReference]) 
     return None
 
 
-def parse_query(query: str) -> ImageReference | None:
-    """`query` as a reference, or None when it cannot be one (e.g. a bare image ID)."""
-    try:
-        return parse_reference(query)
-    except CriplexError:
-        return None
+def is_image_id(query: str) -> bool:
+    """An image ID or an ID prefix ("sha256:<hex>", "<hex>"), which may be no valid reference."""
+    return _HEX_PREFIX.match(query) is not None
 
 
 def pinned_for(record: ImageRecord, pause_names: tuple[str, ...]) -> bool:

@@ -16,16 +16,16 @@ from pathlib import Path
 from services.imaged.auth import TokenCache
 from services.imaged.connections import ConnectionPool
 from services.imaged.host_config import HostConfig
-from services.imaged.image_store import ImageStore, parse_query
+from services.imaged.image_store import ImageStore, is_image_id
 from services.imaged.inflight import SyncGate
 from services.imaged.layers import LayerFetcher
 from services.imaged.pull import Puller
-from services.imaged.reference import ImageReference
+from services.imaged.reference import ImageReference, parse_reference
 from services.imaged.registries_conf import RegistriesConf, candidates
 from services.imaged.resolve import Resolver
 from shared.config import Config
 from shared.daemon import DaemonContext, Readiness
-from shared.errors import CriplexError, DeadlineExceeded, Unavailable
+from shared.errors import CriplexError, DeadlineExceeded, InvalidArgument, Unavailable
 from shared.pod_starts import PodStartSignal
 from shared.schema.common import MetricsReport
 from shared.schema.imaged import (
@@ -164,12 +164,20 @@ class ImagedService:
     # -- internals --------------------------------------------------------------------------------
 
     def _find(self, query: str) -> ImageRecord | None:
-        return self._store.find(query, self._names(query))
+        """The stored image `query` names (a reference, an ID or a unique ID prefix), or None.
 
-    def _names(self, query: str) -> list[ImageReference]:
-        ref = parse_query(query)
-        if ref is None:
-            return []
+        A query that is neither a reference nor an ID is refused, as containerd refuses it:
+        "not stored" would hide a malformed request.
+        """
+        try:
+            ref: ImageReference | None = parse_reference(query)
+        except InvalidArgument:
+            if not is_image_id(query):
+                raise
+            ref = None
+        return self._store.find(query, self._names(ref) if ref is not None else [])
+
+    def _names(self, ref: ImageReference) -> list[ImageReference]:
         try:
             conf = self._host.registries()
         except CriplexError:

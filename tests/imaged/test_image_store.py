@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from services.imaged.image_store import ImageStore, lookup, parse_query
-from services.imaged.reference import normalize
+from services.imaged.image_store import ImageStore, is_image_id, lookup
+from services.imaged.reference import normalize, parse_reference
 from services.imaged.registries_conf import RegistriesConf, candidates, parse_registries_conf
 from shared.errors import InvalidArgument
 from shared.schema.imaged import ImageRecord
@@ -22,9 +22,13 @@ def record(image_id=ID1, tags=("docker.io/library/busybox:latest",), digests=(),
 
 
 def names(query, conf=None):
-    """What the service passes: the names a query may mean, none when it is no reference."""
-    ref = parse_query(query)
-    return candidates(conf or RegistriesConf(), ref) if ref is not None else []
+    """What the service passes: the names a query may mean, none for an ID that is no reference."""
+    try:
+        ref = parse_reference(query)
+    except InvalidArgument:
+        assert is_image_id(query)
+        return []
+    return candidates(conf or RegistriesConf(), ref)
 
 
 RECORDS = [

@@ -72,6 +72,19 @@ def test_image_status_of_unknown_image_is_empty_not_an_error(images):
     assert not status(images, "no-such-image:never").HasField("image")
 
 
+# Each is refused before any lookup: none may send imaged to a resolver or a registry.
+@pytest.mark.parametrize("reference", ["", "bad::tag", "a" * 300 + ":x", "name@sha256:short", "Upper-Case-Path"])
+def test_image_names_that_are_not_references_are_invalid_for_every_image_call(images, reference):
+    with images.run.client() as c:
+        spec = api_pb2.ImageSpec(image=reference)
+        for call, request in ((c.image.PullImage, api_pb2.PullImageRequest(image=spec)),
+                              (c.image.ImageStatus, api_pb2.ImageStatusRequest(image=spec)),
+                              (c.image.RemoveImage, api_pb2.RemoveImageRequest(image=spec))):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, caught.value.details())
+
+
 def test_verbose_status_reports_layers_and_config(images, repo):
     image = build_busybox_image(user="app")
     push(images.registry, f"{repo}:v1", image)
