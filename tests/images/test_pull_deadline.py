@@ -56,6 +56,26 @@ def test_a_client_deadline_still_bounds_the_pull(short_default, lying_registry, 
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+@pytest.fixture(scope="module")
+def short_pull_timeout(registry, auth_registry, tmp_path_factory):
+    yield from image_runtime(registry, auth_registry, tmp_path_factory.mktemp("containers"),
+                             imaged_toml="pull_timeout = 2.0\n")
+
+
+def test_imaged_pull_timeout_ends_a_stalled_pull_clearly_and_the_next_pull_works(short_pull_timeout,
+                                                                                   lying_registry, repo):
+    ref, image_id = slow_image(short_pull_timeout, lying_registry, repo)
+    with short_pull_timeout.run.client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "imaged.pull_timeout" in (err.value.details() or ""), err.value.details()
+        assert not c.image.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref))).HasField("image")
+        # The registry answers at once now: the same pull goes through.
+        answer = c.image.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)))
+    assert answer.image_ref == image_id
+
+
 def test_pull_timeout_choice():
     gw = SimpleNamespace(config=Config(gateway=GatewayConfig(default_timeout=120.0),
                                        imaged=ImagedConfig(pull_timeout=600.0)))
