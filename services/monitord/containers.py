@@ -278,9 +278,12 @@ class Containers:
             if timeout > 0 and await _wait(exited, timeout):
                 return self._get(container_id)
             process.send(signal.SIGKILL)
-            if await _wait(exited, _KILL_WAIT):
+            # conmon writes the exit file once it has reaped the container. With conmon gone
+            # (OOM-killed, say) nobody will: then only the process's end is worth waiting for.
+            monitored = self._conmon_alive(container_id)
+            if monitored and await _wait(exited, _KILL_WAIT):
                 return self._get(container_id)
-            if not await process.wait_gone(0):
+            if not await process.wait_gone(0 if monitored else _KILL_WAIT):
                 raise Internal(f"container {container_id} (pid {record.pid}) did not die after SIGKILL")
         # Dead, yet no exit file: conmon itself must be gone.
         async with self._locks.hold(container_id):
