@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.monitord.cgroup_stats import cgroup_relative_path, read_stats
 from shared.cgroup_hierarchy import Hierarchy
+from shared.schema.monitord import ContainerStats
 
 V2_CPU_STAT = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"
 V2_MEMORY_STAT = ("anon 4096000\nfile 2048000\nkernel 12288\nshmem 0\nactive_anon 4000000\ninactive_anon 96000\n"
@@ -26,16 +27,19 @@ def _write(directory: Path, files: dict[str, str]) -> None:
         (directory / name).write_text(text)
 
 
+def _figures(stats: ContainerStats | None) -> tuple[int, ...]:
+    assert stats is not None
+    return (stats.cpu_usage_ns, stats.memory_usage_bytes, stats.memory_working_set_bytes, stats.memory_rss_bytes,
+            stats.memory_page_faults, stats.memory_major_page_faults, stats.pids)
+
+
 def test_v2_usage_is_read_from_the_unified_cgroup_as_cadvisor_reads_it(tmp_path: Path) -> None:
     _write(tmp_path / "kubepods.slice" / "kubepods-pod1.slice" / "cri-abc.scope", {
         "cpu.stat": V2_CPU_STAT, "memory.current": "6500000\n", "memory.stat": V2_MEMORY_STAT,
         "pids.current": "3\n"})
     stats = read_stats("abc", "kubepods-pod1.slice:cri:abc", Hierarchy(tmp_path, unified=True))
-    assert stats is not None
-    assert (stats.cpu_usage_ns, stats.memory_usage_bytes, stats.memory_working_set_bytes) == (1_500_000, 6_500_000,
-                                                                                              5_500_000)
-    assert (stats.memory_rss_bytes, stats.memory_page_faults, stats.memory_major_page_faults, stats.pids) == (
-        4_096_000, 321, 7, 3)
+    # cpu from usage_usec; working set = current - inactive_file; rss = anon
+    assert _figures(stats) == (1_500_000, 6_500_000, 5_500_000, 4_096_000, 321, 7, 3)
 
 
 def test_v1_usage_counts_a_cgroups_children_through_the_total_keys(tmp_path: Path) -> None:
@@ -44,11 +48,7 @@ def test_v1_usage_counts_a_cgroups_children_through_the_total_keys(tmp_path: Pat
     _write(tmp_path / "memory" / relative, {"memory.usage_in_bytes": "7000000\n", "memory.stat": V1_MEMORY_STAT})
     _write(tmp_path / "pids" / relative, {"pids.current": "2\n"})
     stats = read_stats("ctr", "/criplex/pod/ctr", Hierarchy(tmp_path, unified=False))
-    assert stats is not None
-    assert (stats.cpu_usage_ns, stats.memory_usage_bytes, stats.memory_working_set_bytes) == (2_500_000, 7_000_000,
-                                                                                              5_500_000)
-    assert (stats.memory_rss_bytes, stats.memory_page_faults, stats.memory_major_page_faults, stats.pids) == (
-        5_096_000, 421, 9, 2)
+    assert _figures(stats) == (2_500_000, 7_000_000, 5_500_000, 5_096_000, 421, 9, 2)
 
 
 def test_a_container_whose_cgroup_is_gone_or_lacks_a_controller_has_no_stats(tmp_path: Path) -> None:
