@@ -7,21 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.status_client import status_request
-from tests.support.pods import Pods
 from tests.support.runtime import REPO, CriplexRun
-
-
-def cleaned(pods: Pods) -> Iterator[Pods]:
-    """The module's criplex for one test; what the test made is removed when it ends."""
-    try:
-        yield pods
-    finally:
-        pods.cleanup()
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.operations.admin_support import cleaned
-from tests.pods.conftest import start_pods
+# `pods` / `pod`: the same fixtures as tests/pods, one criplex per test module.
+from tests.pods.conftest import pod, pods, start_pods  # noqa: F401
 from tests.support.fixtures import PushedImage
 from tests.support.pods import Pods
 from tests.support.registry import Registry
@@ -25,18 +25,7 @@ def free_port() -> int:
 def observed(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Pods]:
     port = free_port()
-    for pods in start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("operations"),
-                           extra_toml=f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {port}\n'):
-        pods.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
-        yield pods
-
-
-@pytest.fixture(scope="module")
-def pods(registry: Registry, pushed_busybox: PushedImage, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Pods]:
-    yield from start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("admin"))
-
-
-@pytest.fixture
-def pod(pods: Pods) -> Iterator[Pods]:
-    yield from cleaned(pods)
+    for running in start_pods(registry, pushed_busybox, tmp_path_factory.mktemp("operations"),
+                              extra_toml=f'[metrics]\nenable = true\naddress = "127.0.0.1"\nport = {port}\n'):
+        running.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
+        yield running

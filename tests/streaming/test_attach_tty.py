@@ -72,19 +72,25 @@ def test_spdy_attach_resize_changes_the_container_console_size(pod):
     assert console_size(pod, cid) == b"24 80"
 
 
-def test_websocket_v5_attach_resize_changes_the_container_console_size(pod):
-    cid = run_tty_container(pod)
+def resize_over_websocket(pod: Pods, cid: str, width: int, height: int,
+                          protocols: tuple[str, ...] = ("v5.channel.k8s.io",)) -> bytes:
+    """Attach with a tty over WebSocket, resize, and return the output up to the new size's report."""
 
     async def go() -> bytes:
-        session = await WsRemoteCommand.open(attach_url(pod, cid, stdin=True, tty=True))
+        session = await WsRemoteCommand.open(attach_url(pod, cid, stdin=True, tty=True), protocols)
         try:
             await session.read_until(STDOUT, b"tick")
-            await session.send_resize(77, 22)
-            return await session.read_until(STDOUT, b"size=22 77")
+            await session.send_resize(width, height)
+            return await session.read_until(STDOUT, f"size={height} {width}".encode())
         finally:
             await session.client.close()
 
-    assert b"size=22 77" in asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_websocket_v5_attach_resize_changes_the_container_console_size(pod):
+    cid = run_tty_container(pod)
+    assert b"size=22 77" in resize_over_websocket(pod, cid, 77, 22)
     assert console_size(pod, cid) == b"22 77"
 
 

@@ -14,8 +14,7 @@ import pytest
 from wsproto.events import TextMessage
 
 from services.gateway.streaming.websocket import decode_base64, encode_base64
-from tests.streaming.test_attach import attach_url
-from tests.streaming.test_attach_tty import run_tty_container
+from tests.streaming.test_attach_tty import resize_over_websocket, run_tty_container
 from tests.streaming.test_exec import SLEEP, exec_url
 from tests.streaming.test_port_forward import GET, HTTPD, forward_url, serving
 from tests.support.runtime import wait_for
@@ -188,17 +187,7 @@ def test_an_oversized_base64_message_closes_the_session_as_too_big(pod):
 
 def test_v4_base64_attach_with_a_tty_resizes_the_console(pod):
     cid = run_tty_container(pod)
-
-    async def go() -> bytes:
-        session = await WsRemoteCommand.open(attach_url(pod, cid, stdin=True, tty=True), (V4_BASE64,))
-        try:
-            await session.read_until(STDOUT, b"tick")
-            await session.send_resize(66, 11)
-            return await session.read_until(STDOUT, b"size=11 66")
-        finally:
-            await session.client.close()
-
-    assert b"size=11 66" in asyncio.run(go())
+    assert b"size=11 66" in resize_over_websocket(pod, cid, 66, 11, (V4_BASE64,))
 
 
 def test_port_forward_over_v4_base64_channels(pod):
